@@ -1,0 +1,18 @@
+"""Backbone registry: plain typed builders behind one interface.
+
+    >>> from effvid.models import get_backbone, list_backbones
+    >>> net = get_backbone("resnet50")              # no weights unless asked
+    >>> net.num_features
+    2048
+    >>> feats = net.forward_features(frames)        # (N, 3, H, W) -> (N, 2048)
+
+Every backbone is a :class:`Backbone`: ``forward_feature_maps`` (last map), ``forward_features``
+(pooled vector), ``forward_head``, ``reset_classifier``, ``num_features``. Trunk parameters keep
+torchvision's names, so a torchvision state_dict (minus its classifier) loads strictly.
+"""
+
+from effvid.models import resnet, small, torchvision_nets  # noqa: F401  (registers the builders)
+from effvid.models.backbone import Backbone
+from effvid.models.registry import get_backbone, list_backbones, register_backbone
+
+__all__ = ["Backbone", "get_backbone", "list_backbones", "register_backbone"]
