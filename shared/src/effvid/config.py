@@ -221,6 +221,8 @@ def load_config(
         return OmegaConf.to_object(cfg)  # type: ignore[return-value]
     except OmegaConfBaseException as exc:
         raise _convert_error(exc, "config", paths) from None
+    except (TypeError, ValueError) as exc:  # a schema's own __post_init__ validation
+        raise ConfigError(f"invalid config: {exc}") from None
 
 
 def config_to_yaml(cfg: Any) -> str:

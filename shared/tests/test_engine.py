@@ -1,0 +1,183 @@
+"""The ignite engine: training, bit-identical resume, DDP evaluation, files it writes."""
+
+from __future__ import annotations
+
+import json
+
+import ignite.distributed as idist
+import pytest
+import torch
+from ignite.engine import Events
+from torch import nn
+from torch.utils.data import Dataset
+
+from effvid.config import ConfigError, RunConfig, load_config, option
+from effvid.engine import (
+    EngineConfig,
+    autocast,
+    evaluate,
+    find_latest_checkpoint,
+    load_training_checkpoint,
+    make_dataloader,
+    seed_everything,
+    setup_evaluator,
+    setup_trainer,
+)
+from effvid.metrics import HitAt1, topk_accuracy
+
+
+class Blobs(Dataset):
+    """Two Gaussian blobs in 8-d, as dict samples like the video datasets return."""
+
+    def __init__(self, n: int = 40, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.y = torch.arange(n) % 2
+        self.x = torch.randn(n, 8, generator=g) + 2.0 * self.y[:, None]
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"video": self.x[i], "label": self.y[i], "key": f"v{i}"}
+
+
+def make_model() -> nn.Module:
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.0), nn.Linear(16, 2))
+
+
+def train(run_dir, *, epochs=3, stop_at=None, **cfg_kw):
+    seed_everything(0)
+    cfg = EngineConfig(epochs=epochs, batch_size=8, checkpoint_every=3, progress=False, **cfg_kw)
+    model = make_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=7, gamma=0.5)
+
+    def loss_fn(batch):
+        logits = model(batch["video"])
+        loss = nn.functional.cross_entropy(logits, batch["label"])
+        return loss, {"acc": float((logits.argmax(1) == batch["label"]).float().mean())}
+
+    trainer = setup_trainer(
+        model=model, optimizer=optimizer, loss_fn=loss_fn, cfg=cfg, run_dir=run_dir, lr_scheduler=scheduler
+    )
+    losses = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(e.state.output["loss"]))
+    if stop_at is not None:
+
+        @trainer.on(Events.ITERATION_COMPLETED(once=stop_at))
+        def crash(_):
+            raise KeyboardInterrupt("simulated kill")
+
+    trainer.run(make_dataloader(Blobs(), cfg, train=True), max_epochs=cfg.epochs)
+    return model, losses, trainer
+
+
+def test_tiny_model_trains_and_writes_checkpoints_and_tensorboard(tmp_path):
+    model, losses, trainer = train(tmp_path)
+    assert trainer.state.iteration == 15 and len(losses) == 15
+    assert sum(losses[-3:]) / 3 < 0.5 * sum(losses[:3]) / 3
+    ckpts = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.pt"))
+    assert ckpts == ["checkpoint_12.pt", "checkpoint_15.pt"]  # keep_checkpoints=2, epoch ends and every 3
+    state = load_training_checkpoint(tmp_path / "checkpoints" / "checkpoint_15.pt")
+    assert {"model", "optimizer", "trainer", "lr_scheduler"} <= set(state)
+    assert state["trainer"]["iteration"] == 15
+    assert any((tmp_path / "tb").iterdir())
+
+
+def test_killed_run_resumes_bit_identical(tmp_path):
+    straight, _, _ = train(tmp_path / "straight")
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "resumed", stop_at=8)  # last checkpoint at iteration 6
+    assert find_latest_checkpoint(tmp_path / "resumed").name == "checkpoint_6.pt"
+    resumed, losses, trainer = train(tmp_path / "resumed")
+    assert trainer.state.iteration == 15 and len(losses) == 9  # iterations 7..15 only
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_evaluate_writes_metrics_json(tmp_path):
+    model, _, _ = train(tmp_path / "t")
+    cfg = EngineConfig(batch_size=16, progress=False)
+    evaluator = setup_evaluator(
+        model=model,
+        eval_step=lambda b: (model(b["video"]), b["label"]),
+        metrics={"top1": topk_accuracy(1), "hit1": HitAt1()},
+        cfg=cfg,
+    )
+    results = evaluate(evaluator, make_dataloader(Blobs(seed=1), cfg, train=False), tmp_path, name="val")
+    saved = json.loads((tmp_path / "metrics_val.json").read_text())
+    assert saved == results and results["top1"] == results["hit1"] > 0.8
+
+
+def _ddp_eval(local_rank, weights_path, out_path):
+    model = make_model()
+    model.load_state_dict(torch.load(weights_path, weights_only=True))
+    cfg = EngineConfig(batch_size=6, progress=False)
+    evaluator = setup_evaluator(
+        model=model,
+        eval_step=lambda b: (model(b["video"]), b["label"]),
+        metrics={"top1": topk_accuracy(1), "hit1": HitAt1()},
+        cfg=cfg,
+    )
+    loader = make_dataloader(Blobs(n=40, seed=3), cfg, train=False)
+    results = evaluate(evaluator, loader, out_path, name="ddp")
+    results["world"] = idist.get_world_size()
+    results["local_samples"] = len(loader.sampler)
+    if idist.get_rank() == 0:
+        with open(f"{out_path}/result.json", "w") as f:
+            json.dump(results, f)
+
+
+def test_two_process_gloo_evaluation_equals_one_process(tmp_path):
+    torch.manual_seed(0)
+    weights = tmp_path / "w.pt"
+    torch.save(make_model().state_dict(), weights)
+    one = tmp_path / "one"
+    one.mkdir()
+    _ddp_eval(0, str(weights), str(one))
+    two = tmp_path / "two"
+    two.mkdir()
+    with idist.Parallel(backend="gloo", nproc_per_node=2) as parallel:
+        parallel.run(_ddp_eval, str(weights), str(two))
+    a = json.loads((one / "result.json").read_text())
+    b = json.loads((two / "result.json").read_text())
+    assert (a.pop("world"), b.pop("world")) == (1, 2)
+    assert (a.pop("local_samples"), b.pop("local_samples")) == (40, 20)  # the data really was split
+    assert a == b
+
+
+def test_config_validation_and_amp_errors():
+    @__import__("dataclasses").dataclass
+    class Cmd(RunConfig):
+        engine: EngineConfig = option(doc="engine", default_factory=EngineConfig)
+
+    with pytest.raises(ConfigError, match="engine.amp must be none, bf16 or fp16, got 'fp8'"):
+        load_config(Cmd, [], {"engine.amp": "fp8"})
+    assert load_config(Cmd, [], {"engine.amp": "bf16"}).engine.amp == "bf16"
+    with pytest.raises(RuntimeError, match="fp16 AMP needs a CUDA device"):
+        with autocast(torch.device("cpu"), "fp16"):
+            pass
+    with autocast(torch.device("cpu"), "bf16"):
+        assert nn.Linear(4, 4)(torch.randn(2, 4)).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="empty dataset"):
+        make_dataloader(Blobs(n=0), EngineConfig(), train=True)
+
+
+def test_resumable_sampler_order_shards_and_skip():
+    from effvid.engine.sampling import ResumableSampler
+
+    a = ResumableSampler(10, shuffle=True, seed=5)
+    a.set_epoch(2)
+    first = list(a)
+    b = ResumableSampler(10, shuffle=True, seed=5)
+    b.set_epoch(2)
+    b.skip(4)
+    assert list(b) == first[4:] and list(b) == first  # skip applies to one pass only
+    a.set_epoch(3)
+    assert list(a) != first and sorted(a) == list(range(10))
+    shards = [list(ResumableSampler(5, shuffle=False, num_replicas=2, rank=r, pad=False)) for r in (0, 1)]
+    assert shards == [[0, 2, 4], [1, 3]]
+    padded = [list(ResumableSampler(5, shuffle=False, num_replicas=2, rank=r)) for r in (0, 1)]
+    assert padded == [[0, 2, 4], [1, 3, 0]]
+    with pytest.raises(ValueError, match="empty dataset"):
+        ResumableSampler(0, shuffle=True)

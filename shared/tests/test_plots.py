@@ -1,0 +1,44 @@
+"""Trade-off plot: a valid PNG of the requested size, and clear errors on bad input."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from effvid.plots import Point, Series, plot_tradeoff
+
+
+def png_size(path):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_writes_png_of_requested_size(tmp_path):
+    out = tmp_path / "curve.png"
+    plot_tradeoff(
+        [
+            Series("FrameExit", [1.0, 2.0, 3.5], [80.0, 90.0, 92.0], labels=["b=1", "b=0.1", "b=0.01"]),
+            Series("other", [2.0, 4.0], [70.0, 85.0]),
+        ],
+        out,
+        baselines=[Point("all frames", 10.0, 92.5), Point("1 frame", 1.0, 60.0)],
+        title="synthetic",
+        size=(5, 4),
+        dpi=50,
+    )
+    assert png_size(out) == (250, 200)
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic: no temporary left behind
+
+
+def test_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="needs at least one series or baseline"):
+        plot_tradeoff([], tmp_path / "x.png")
+    with pytest.raises(
+        ValueError, match=r"series 'a' needs as many accuracy values as GMACs values \(>0\), got 2 and 1"
+    ):
+        plot_tradeoff([Series("a", [1, 2], [3])], tmp_path / "x.png")
+    with pytest.raises(ValueError, match="series 'a' has 1 labels for 2 points"):
+        plot_tradeoff([Series("a", [1, 2], [3, 4], labels=["x"])], tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()
