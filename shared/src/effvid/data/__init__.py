@@ -1,0 +1,78 @@
+"""Video data, in three separate concerns: storage (frame folders, LMDB, video files), decoding
+(OpenCV) and sampling (pure functions); plus transforms, the standard datasets' list formats,
+datasets built from them, and the synthetic benchmark."""
+
+from effvid.data.datasets import SegmentationClipDataset, VideoClassificationDataset, check_records
+from effvid.data.decode import decode_image, encode_jpeg, encode_png, worker_init_fn
+from effvid.data.errors import DataError
+from effvid.data.formats import (
+    SegmentationRecord,
+    VideoRecord,
+    read_activitynet,
+    read_cityscapes,
+    read_class_list,
+    read_fcvid,
+    read_generic_list,
+    read_kinetics_csv,
+    read_minisports1m,
+    read_split_file,
+)
+from effvid.data.sampling import (
+    FRAMEEXIT_ORDER,
+    apply_order,
+    dense_clip_indices,
+    segment_indices,
+    uniform_indices,
+)
+from effvid.data.storage import (
+    FileListStorage,
+    FrameFolderStorage,
+    LmdbStorage,
+    StorageKind,
+    VideoFileStorage,
+    VideoStorage,
+    open_storage,
+    write_lmdb,
+)
+from effvid.data.synthetic import SyntheticInfo, SyntheticSpec, generate
+from effvid.data.transforms import FrameExitPreprocess, TransformConfig, build_transform
+
+__all__ = [
+    "FRAMEEXIT_ORDER",
+    "DataError",
+    "FileListStorage",
+    "FrameExitPreprocess",
+    "FrameFolderStorage",
+    "LmdbStorage",
+    "SegmentationClipDataset",
+    "SegmentationRecord",
+    "StorageKind",
+    "SyntheticInfo",
+    "SyntheticSpec",
+    "TransformConfig",
+    "VideoClassificationDataset",
+    "VideoFileStorage",
+    "VideoRecord",
+    "VideoStorage",
+    "apply_order",
+    "build_transform",
+    "check_records",
+    "decode_image",
+    "dense_clip_indices",
+    "encode_jpeg",
+    "encode_png",
+    "generate",
+    "open_storage",
+    "read_activitynet",
+    "read_cityscapes",
+    "read_class_list",
+    "read_fcvid",
+    "read_generic_list",
+    "read_kinetics_csv",
+    "read_minisports1m",
+    "read_split_file",
+    "segment_indices",
+    "uniform_indices",
+    "worker_init_fn",
+    "write_lmdb",
+]

@@ -1,0 +1,191 @@
+"""Datasets: records (from a list format) x a storage backend x a sampler x a transform."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from effvid.data.errors import DataError
+from effvid.data.formats import SegmentationRecord, VideoRecord
+from effvid.data.sampling import apply_order
+from effvid.data.storage import VideoStorage
+
+__all__ = ["SegmentationClipDataset", "VideoClassificationDataset", "check_records"]
+
+log = logging.getLogger(__name__)
+
+Sampler = Callable[[int], Sequence[int]]
+Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+def check_records(records: Sequence[Any], storage: VideoStorage, *, on_missing: str = "raise") -> list[Any]:
+    """Keep the records whose video is in ``storage``.
+
+    ``on_missing="raise"`` (default): the first missing video is an error naming it.
+    ``on_missing="skip"``: each missing video is logged and the total is reported - never silent.
+    """
+    if on_missing not in ("raise", "skip"):
+        raise ValueError(f"on_missing must be 'raise' or 'skip', got '{on_missing}'")
+    kept, missing = [], 0
+    for record in records:
+        try:
+            storage.num_frames(record.key)
+        except DataError as exc:
+            if on_missing == "raise":
+                raise DataError(f"listed video '{record.key}' is not usable: {exc}") from None
+            log.warning("skipping listed video '%s': %s", record.key, exc)
+            missing += 1
+            continue
+        kept.append(record)
+    if missing:
+        log.warning("skipped %d of %d listed videos that are missing or unreadable", missing, len(records))
+    if not kept:
+        raise DataError(f"the dataset is empty: none of the {len(records)} listed videos is usable")
+    return kept
+
+
+def _to_clip(frames: list[np.ndarray], key: str) -> torch.Tensor:
+    shapes = {f.shape for f in frames}
+    if len(shapes) != 1:
+        raise DataError(f"video '{key}': frames of different sizes {sorted(shapes)}")
+    return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).contiguous()  # (T, C, H, W) uint8
+
+
+class VideoClassificationDataset(torch.utils.data.Dataset):
+    """Clips and labels of the listed videos.
+
+    ``__getitem__(i)`` -> ``{"video": (T, C, H, W) float (after ``transform``), "label": int64 scalar
+    (single-label) or float multi-hot (num_classes,), "key": str, "index": int}``; the default
+    collate makes ``video`` (B, T, C, H, W).
+
+    Args:
+        records: videos and labels (see :mod:`effvid.data.formats`).
+        storage: where the frames are.
+        sampler: frame count -> frame indices (bind mode/rng/n with ``functools.partial``).
+        transform: (T, C, H, W) uint8 -> tensor; None keeps uint8.
+        num_classes: size of the label space.
+        multi_label: return multi-hot labels instead of the first label.
+        order: optional processing order over the sampled positions (FrameExit).
+        on_missing: ``raise`` or ``skip`` (logged and counted) for listed videos not in storage.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[VideoRecord],
+        storage: VideoStorage,
+        *,
+        sampler: Sampler,
+        num_classes: int,
+        transform: Transform | None = None,
+        multi_label: bool = False,
+        order: Sequence[int] | None = None,
+        on_missing: str = "raise",
+    ) -> None:
+        if not records:
+            raise DataError("the dataset is empty: the list has no video")
+        self.records = check_records(records, storage, on_missing=on_missing)
+        self.storage, self.sampler, self.transform = storage, sampler, transform
+        self.num_classes, self.multi_label, self.order = num_classes, multi_label, order
+        for r in self.records:
+            bad = [lab for lab in r.labels if not 0 <= lab < num_classes]
+            if bad:
+                raise DataError(f"video '{r.key}' has label(s) {bad} outside [0, {num_classes})")
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def label(self, i: int) -> torch.Tensor:
+        labels = self.records[i].labels
+        if self.multi_label:
+            target = torch.zeros(self.num_classes, dtype=torch.float32)
+            target[list(labels)] = 1.0
+            return target
+        return torch.tensor(labels[0], dtype=torch.int64)
+
+    def frame_indices(self, i: int) -> list[int]:
+        """The sampled frame indices of video ``i``, in processing order."""
+        record = self.records[i]
+        count = self.storage.num_frames(record.key)
+        if record.num_frames is not None and record.num_frames > count:
+            raise DataError(
+                f"video '{record.key}': the list says {record.num_frames} frames, storage has {count}"
+            )
+        return apply_order(list(self.sampler(count)), self.order)
+
+    def load_frames(
+        self, i: int, positions: Sequence[int], indices: Sequence[int] | None = None
+    ) -> torch.Tensor:
+        """Decode only ``positions`` of the sampled (ordered) indices -> (P, C, H, W) transformed.
+
+        Pass the ``indices`` from :meth:`frame_indices` when the sampler is random, so that
+        streamed frames come from one draw.
+        """
+        indices = self.frame_indices(i) if indices is None else indices
+        key = self.records[i].key
+        clip = _to_clip(self.storage.read_frames(key, [indices[p] for p in positions]), key)
+        return self.transform(clip) if self.transform is not None else clip
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        indices = self.frame_indices(i)
+        key = self.records[i].key
+        clip = _to_clip(self.storage.read_frames(key, indices), key)
+        video = self.transform(clip) if self.transform is not None else clip
+        return {"video": video, "label": self.label(i), "key": key, "index": i}
+
+
+class SegmentationClipDataset(torch.utils.data.Dataset):
+    """Clips ending at an annotated frame, with its mask.
+
+    ``__getitem__(i)`` -> ``{"video": (T, C, H, W), "mask": (H, W) int64, "key": str}``: frames
+    ``labeled - (T-1)*distance, ..., labeled`` (clamped at 0) and the mask of the last one.
+    ``mask_map`` maps stored label values to training ids (e.g. Cityscapes labelIds), other values
+    becoming ``ignore_index``.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[SegmentationRecord],
+        storage: VideoStorage,
+        *,
+        clip_len: int = 2,
+        distance: int = 1,
+        transform: Transform | None = None,
+        mask_map: dict[int, int] | None = None,
+        ignore_index: int = 255,
+    ) -> None:
+        if not records:
+            raise DataError("the dataset is empty: no annotated clip")
+        self.records = check_records(records, storage)
+        self.storage, self.clip_len, self.distance = storage, clip_len, distance
+        self.transform, self.ignore_index = transform, ignore_index
+        self.lut = None
+        if mask_map is not None:
+            self.lut = np.full(256, ignore_index, dtype=np.int64)
+            for src, dst in mask_map.items():
+                self.lut[src] = dst
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        import cv2
+
+        r = self.records[i]
+        indices = [max(r.labeled_index - k * self.distance, 0) for k in reversed(range(self.clip_len))]
+        clip = _to_clip(self.storage.read_frames(r.key, indices), r.key)
+        mask = cv2.imread(str(r.mask_path), cv2.IMREAD_UNCHANGED)
+        if mask is None:
+            raise DataError(f"clip '{r.key}': cannot read mask {r.mask_path}")
+        if mask.ndim == 3:
+            raise DataError(f"clip '{r.key}': mask {r.mask_path} must be a single-channel label image")
+        if mask.shape != tuple(clip.shape[-2:]):
+            raise DataError(
+                f"clip '{r.key}': mask {mask.shape} and frames {tuple(clip.shape[-2:])} differ in size"
+            )
+        labels = self.lut[mask] if self.lut is not None else mask.astype(np.int64)
+        video = self.transform(clip) if self.transform is not None else clip
+        return {"video": video, "mask": torch.from_numpy(labels), "key": r.key}

@@ -1,0 +1,1 @@
+"""Dataset preparation console scripts: extract-frames, build-lmdb, build-lists."""

@@ -1,0 +1,99 @@
+"""``build-lmdb``: frame folders (or video files) -> one LMDB of encoded frames.
+
+Written under a temporary name next to the output and renamed only when complete, then verified:
+every video's frame count is read back and its first and last frames decoded. Frame folders keep
+their JPEG bytes as they are (no re-encoding); video frames are encoded as JPEG.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from effvid.cli import build_command, run_cli
+from effvid.config import MISSING, RunConfig, option
+from effvid.data.decode import decode_image, encode_jpeg
+from effvid.data.errors import DataError
+from effvid.data.storage import FrameFolderStorage, LmdbStorage, VideoFileStorage, write_lmdb
+
+__all__ = ["BUILD_LMDB", "build_lmdb", "main"]
+
+
+@dataclass
+class BuildLmdbConfig(RunConfig):
+    source: str = option(MISSING, "folder of frame folders (or of videos with --source_kind video)")
+    output: str = option(MISSING, "the LMDB to create (a directory; must not exist)")
+    source_kind: str = option("frames", "frames | video")
+    quality: int = option(95, "JPEG quality when encoding video frames")
+
+
+def _items(source, kind: str, quality: int, keys: list[str]):
+    from tqdm import tqdm
+
+    for key in tqdm(keys, desc="videos"):
+        if kind == "frames":
+            frames = [source.read_bytes(key, i) for i in range(source.num_frames(key))]
+            first = decode_image(frames[0], where=f"video '{key}' frame 0")
+        else:
+            decoded = source.read_frames(key, list(range(source.num_frames(key))))
+            frames = [encode_jpeg(f, quality=quality) for f in decoded]
+            first = decoded[0]
+        yield key, frames, (int(first.shape[0]), int(first.shape[1]))
+
+
+def build_lmdb(
+    source_dir: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    source_kind: str = "frames",
+    quality: int = 95,
+) -> int:
+    """Build and verify the LMDB; returns the number of videos."""
+    out = Path(output)
+    if out.exists():
+        raise DataError(f"{out} already exists; remove it or choose another output")
+    if source_kind == "frames":
+        source = FrameFolderStorage(source_dir)
+        size = sum(f.stat().st_size for f in Path(source_dir).rglob("*") if f.is_file())
+    elif source_kind == "video":
+        source = VideoFileStorage(source_dir)
+        size = 0
+    else:
+        raise DataError(f"source_kind must be frames or video, got '{source_kind}'")
+    keys = source.keys()
+    if not keys:
+        raise DataError(f"no video found in {source_dir}")
+    if source_kind == "video":  # decoded size bounds the JPEG size from above
+        size = sum(source.num_frames(k) for k in keys) * 3 * 1920 * 1080 // 8
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        count = write_lmdb(tmp, _items(source, source_kind, quality, keys), map_size=max(2 * size, 1 << 26))
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    written = LmdbStorage(out)
+    for key in keys:
+        expected = source.num_frames(key)
+        got = written.num_frames(key)
+        if got != expected:
+            raise DataError(
+                f"verification failed: video '{key}' has {got} frames in {out}, {expected} in the source"
+            )
+        written.read_frames(key, [0, got - 1])
+    return count
+
+
+def _run(cfg: BuildLmdbConfig, run_dir: Path) -> None:
+    count = build_lmdb(cfg.source, cfg.output, source_kind=cfg.source_kind, quality=cfg.quality)
+    print(f"build-lmdb: wrote and verified {count} videos in {cfg.output}")
+
+
+BUILD_LMDB = build_command(_run, BuildLmdbConfig, name="build-lmdb", doc=__doc__.split("\n\n")[0])
+
+
+def main() -> None:
+    run_cli(BUILD_LMDB, name="build-lmdb")

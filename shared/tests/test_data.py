@@ -1,0 +1,532 @@
+"""Data layer: backends x samplers x formats, bad input, the synthetic benchmark, the tools."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+
+import cv2
+import fire
+import numpy as np
+import pytest
+import torch
+
+from effvid.data import (
+    FRAMEEXIT_ORDER,
+    DataError,
+    FrameExitPreprocess,
+    FrameFolderStorage,
+    LmdbStorage,
+    SegmentationClipDataset,
+    SegmentationRecord,
+    SyntheticSpec,
+    TransformConfig,
+    VideoClassificationDataset,
+    VideoFileStorage,
+    VideoRecord,
+    apply_order,
+    build_transform,
+    decode_image,
+    dense_clip_indices,
+    encode_jpeg,
+    generate,
+    open_storage,
+    read_activitynet,
+    read_cityscapes,
+    read_class_list,
+    read_fcvid,
+    read_generic_list,
+    read_kinetics_csv,
+    read_minisports1m,
+    segment_indices,
+    uniform_indices,
+    write_lmdb,
+)
+from effvid.data.tools.build_lists import BUILD_LISTS
+from effvid.data.tools.build_lmdb import BUILD_LMDB
+from effvid.data.tools.extract_frames import EXTRACT
+
+SMALL = {"num_classes": 4, "num_videos": 12, "num_frames": 8, "size": 32}
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    return {
+        kind: generate(root / kind, SyntheticSpec(storage=kind, **SMALL))
+        for kind in ("frames", "lmdb", "video")
+    }
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def test_uniform_indices_match_frameexit():
+    assert uniform_indices(50, 10) == [0, 5, 11, 16, 22, 27, 33, 38, 44, 49]
+    assert uniform_indices(12, 10) == [0, 1, 2, 4, 5, 6, 8, 9, 10, 11]
+    assert uniform_indices(5, 10) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    assert apply_order(uniform_indices(50, 10), FRAMEEXIT_ORDER) == [27, 0, 49, 11, 38, 22, 33, 16, 44, 5]
+    with pytest.raises(ValueError, match="must be a permutation of 0..2"):
+        apply_order([1, 2, 3], [0, 0, 1])
+    with pytest.raises(ValueError, match="cannot sample from a video with 0 frames"):
+        uniform_indices(0, 10)
+
+
+def test_segment_indices_train_and_test():
+    assert segment_indices(16, 4, train=False) == [2, 6, 10, 14]
+    rng = np.random.default_rng(0)
+    idx = segment_indices(16, 4, train=True, rng=rng)
+    assert all(4 * k <= i < 4 * (k + 1) for k, i in enumerate(idx))
+    short = segment_indices(3, 5, train=True, rng=rng)
+    assert short == sorted(short) and all(0 <= i < 3 for i in short)
+    with pytest.raises(ValueError, match="needs an rng"):
+        segment_indices(16, 4, train=True)
+
+
+def test_dense_clip_indices():
+    assert dense_clip_indices(20, clip_len=4, frame_interval=2, num_clips=1, train=False) == [6, 8, 10, 12]
+    two = dense_clip_indices(20, clip_len=2, frame_interval=1, num_clips=2, train=False)
+    assert two == [4, 5, 14, 15]
+    tr = dense_clip_indices(
+        6, clip_len=4, frame_interval=2, num_clips=1, train=True, rng=np.random.default_rng(1)
+    )
+    assert len(tr) == 4 and tr[-1] == 5  # wraps to the last frame
+
+
+# ----------------------------------------------------------------------------- backends x samplers
+
+SAMPLERS = {
+    "uniform": functools.partial(uniform_indices, n=5),
+    "segment": functools.partial(segment_indices, n=4, train=False),
+    "dense": functools.partial(dense_clip_indices, clip_len=3, frame_interval=2, num_clips=1, train=False),
+}
+
+
+@pytest.mark.parametrize("kind", ["frames", "lmdb", "video"])
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+def test_backend_x_sampler_dataset(synth, kind, sampler):
+    info = synth[kind]
+    storage = open_storage(kind, info.storage_path)
+    records = read_generic_list(info.train_list)
+    ds = VideoClassificationDataset(records, storage, sampler=SAMPLERS[sampler], num_classes=4)
+    item = ds[1]
+    expected_t = {"uniform": 5, "segment": 4, "dense": 3}[sampler]
+    assert item["video"].shape == (expected_t, 3, 32, 32) and item["video"].dtype == torch.uint8
+    assert item["label"].item() == records[1].labels[0] and item["key"] == records[1].key
+    # the frames are the ones the sampler chose: compare with a direct read
+    direct = storage.read_frames(records[1].key, SAMPLERS[sampler](8))
+    assert torch.equal(item["video"], torch.from_numpy(np.stack(direct)).permute(0, 3, 1, 2))
+    batch = torch.utils.data.default_collate([ds[0], ds[1]])
+    assert batch["video"].shape == (2, expected_t, 3, 32, 32)
+
+
+def test_frames_and_lmdb_hold_identical_bytes_and_video_is_close(synth):
+    folder = open_storage("frames", synth["frames"].storage_path)
+    db = open_storage("lmdb", synth["lmdb"].storage_path)
+    video = open_storage("video", synth["video"].storage_path)
+    assert folder.keys() == db.keys() == [k.removesuffix(".mp4") for k in video.keys()]
+    assert folder.read_bytes("vid_00003", 5) == db.read_bytes("vid_00003", 5)
+    a = folder.read_frames("vid_00003", [5])[0].astype(int)
+    b = video.read_frames("vid_00003.mp4", [5])[0].astype(int)
+    assert a.shape == b.shape and np.abs(a - b).mean() < 12  # both lossy codecs of one frame
+
+
+def test_video_reads_any_order_with_repeats_and_seeks(synth):
+    video = VideoFileStorage(synth["video"].storage_path, seek_threshold=2)
+    frames = video.read_frames("vid_00001.mp4", [7, 0, 7, 3])
+    sequential = VideoFileStorage(synth["video"].storage_path, seek_threshold=1000).read_frames(
+        "vid_00001.mp4", [0, 3, 7]
+    )
+    assert np.array_equal(frames[1], sequential[0]) and np.array_equal(frames[3], sequential[1])
+    assert np.array_equal(frames[0], frames[2]) and np.array_equal(frames[0], sequential[2])
+
+
+def test_load_frames_streams_only_requested_positions(synth):
+    storage = open_storage("lmdb", synth["lmdb"].storage_path)
+    calls = []
+    original = storage.read_bytes
+
+    def counting(key, index):
+        calls.append(index)
+        return original(key, index)
+
+    storage.read_bytes = counting
+    ds = VideoClassificationDataset(
+        read_generic_list(synth["lmdb"].val_list),
+        storage,
+        sampler=functools.partial(uniform_indices, n=4),
+        num_classes=4,
+        order=[2, 0, 3, 1],
+    )
+    order = ds.frame_indices(0)
+    assert order == apply_order(uniform_indices(8, 4), [2, 0, 3, 1])
+    clip = ds.load_frames(0, [0, 1])
+    assert clip.shape == (2, 3, 32, 32) and sorted(calls) == sorted(order[:2])
+
+
+def test_multi_label_targets(synth):
+    storage = open_storage("frames", synth["frames"].storage_path)
+    records = [VideoRecord("vid_00000", None, (0, 2)), VideoRecord("vid_00001", None, (3,))]
+    ds = VideoClassificationDataset(
+        records, storage, sampler=SAMPLERS["uniform"], num_classes=4, multi_label=True
+    )
+    assert ds[0]["label"].tolist() == [1.0, 0.0, 1.0, 0.0] and ds[1]["label"].tolist() == [0.0, 0.0, 0.0, 1.0]
+
+
+# ----------------------------------------------------------------------------- formats
+
+
+def test_activitynet_json(tmp_path, synth):
+    classes = tmp_path / "classes.txt"
+    classes.write_text("Archery\nBowling\nCooking\n")
+    ann = {
+        "database": {
+            "abc_1": {
+                "subset": "validation",
+                "annotations": [{"label": "Bowling"}, {"label": "Archery"}, {"label": "Bowling"}],
+            },
+            "x-y": {"subset": "validation", "annotations": [{"label": "Cooking"}]},
+            "t": {"subset": "training", "annotations": [{"label": "Cooking"}]},
+        }
+    }
+    path = tmp_path / "anet.json"
+    path.write_text(json.dumps(ann))
+    records = read_activitynet(path, read_class_list(classes))
+    assert records == [VideoRecord("v_abc_1.mp4", None, (0, 1)), VideoRecord("v_x-y.mp4", None, (2,))]
+    ann["database"]["x-y"]["annotations"][0]["label"] = "Dancing"
+    path.write_text(json.dumps(ann))
+    with pytest.raises(
+        DataError, match=r"video 'v_x-y\.mp4' has label 'Dancing', which is not in the class list"
+    ):
+        read_activitynet(path, read_class_list(classes))
+
+
+def test_kinetics_csv_minikinetics_and_generic_lists(tmp_path, caplog):
+    csv_path = tmp_path / "kinetics_val.csv"
+    csv_path.write_text(
+        "label,youtube_id,time_start,time_end,split,is_cc\n"
+        '"air drumming",7LSJ2Ryv1a8,0,10,val,0\n'
+        "abseiling,a-b_c,12.0,22.0,val,0\n"
+        "yoga,zzz,1,11,val,0\n"
+    )
+    classes = ["abseiling", "air drumming"]
+    with pytest.raises(
+        DataError, match=r"video 'zzz_000001_000011\.mp4' has label 'yoga', which is not in the class list"
+    ):
+        read_kinetics_csv(csv_path, classes)
+    with caplog.at_level(logging.WARNING):
+        records = read_kinetics_csv(csv_path, classes, skip_other_classes=True)
+    assert "skipped 1 of 3 videos" in caplog.text
+    assert records == [
+        VideoRecord("7LSJ2Ryv1a8_000000_000010.mp4", None, (1,)),
+        VideoRecord("a-b_c_000012_000022.mp4", None, (0,)),
+    ]
+    split = read_kinetics_csv(csv_path, classes, keys=["a-b_c_000012_000022.mp4"])
+    assert [r.key for r in split] == ["a-b_c_000012_000022.mp4"]
+    fc = tmp_path / "fcvid.txt"
+    fc.write_text("vids/a 1 40 3 17\nvids/b 1 10 238\n")
+    assert read_fcvid(fc) == [VideoRecord("vids/a", 40, (3, 17)), VideoRecord("vids/b", 10, (238,))]
+    fa = tmp_path / "fcvid_ada.txt"
+    fa.write_text("vids/a,40,3,17\n")
+    assert read_fcvid(fa, style="adafocus") == [VideoRecord("vids/a", 40, (3, 17))]
+    ms = tmp_path / "ms.txt"
+    ms.write_text("x/v1;1;30;486\n")
+    assert read_minisports1m(ms) == [VideoRecord("x/v1", 30, (486,))]
+    ms.write_text("x/v1;1;30;487\n")
+    with pytest.raises(DataError, match=r"ms\.txt:1: video 'x/v1' has a label outside \[0, 487\)"):
+        read_minisports1m(ms)
+    bad = tmp_path / "bad.txt"
+    bad.write_text("onlypath\n")
+    with pytest.raises(DataError, match=r"bad\.txt:1: expected 'path num_frames label\.\.\.'"):
+        read_generic_list(bad)
+
+
+def test_cityscapes_sequences_and_segmentation_dataset(tmp_path):
+    city = "aachen"
+    seq_dir = tmp_path / "leftImg8bit_sequence" / "val" / city
+    gt_dir = tmp_path / "gtFine" / "val" / city
+    seq_dir.mkdir(parents=True)
+    gt_dir.mkdir(parents=True)
+    for f in range(0, 30):
+        img = np.full((8, 16, 3), f * 8, dtype=np.uint8)
+        cv2.imwrite(str(seq_dir / f"{city}_000001_{f:06d}_leftImg8bit.png"), img)
+    label_ids = np.full((8, 16), 7, dtype=np.uint8)  # road
+    label_ids[:, :4] = 26  # car
+    label_ids[0, 0] = 0  # unlabeled -> ignore
+    cv2.imwrite(str(gt_dir / f"{city}_000001_000019_gtFine_labelIds.png"), label_ids)
+    records, storage = read_cityscapes(tmp_path, "val")
+    assert records == [
+        SegmentationRecord(
+            "aachen_000001_000019", 30, 19, gt_dir / "aachen_000001_000019_gtFine_labelIds.png"
+        )
+    ]
+    from effvid.data.formats import CITYSCAPES_TRAIN_IDS
+
+    ds = SegmentationClipDataset(records, storage, clip_len=3, distance=2, mask_map=CITYSCAPES_TRAIN_IDS)
+    item = ds[0]
+    assert item["video"].shape == (3, 3, 8, 16)
+    assert item["video"][:, 0, 0, 0].tolist() == [15 * 8, 17 * 8, 19 * 8]  # frames 15, 17, 19
+    assert item["mask"][0, 0] == 255 and item["mask"][1, 0] == 13 and item["mask"][1, 8] == 0
+    (seq_dir / f"{city}_000001_000005_leftImg8bit.png").unlink()
+    with pytest.raises(DataError, match="lacks snippet frame .*_000005_leftImg8bit.png"):
+        read_cityscapes(tmp_path, "val")
+
+
+def test_synthetic_segmentation_masks(tmp_path):
+    info = generate(tmp_path / "seg", SyntheticSpec(task="segmentation", **SMALL))
+    meta = json.loads((tmp_path / "seg" / "meta.json").read_text())["videos"][0]
+    records = [SegmentationRecord(meta["key"], 8, 7, info.masks / meta["key"] / "00007.png")]
+    ds = SegmentationClipDataset(records, FrameFolderStorage(info.storage_path), clip_len=2)
+    mask = ds[0]["mask"]
+    expected = meta["label"] + 1 if 7 in meta["evidence_frames"] else SMALL["num_classes"] + 1
+    assert set(mask.unique().tolist()) == {0, expected}
+    assert 0.01 < (mask > 0).float().mean() < 0.1  # a small object
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_corrupt_image_bytes(tmp_path):
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "v1" / "00001.jpg").write_bytes(b"\xff\xd8garbage")
+    with pytest.raises(DataError, match=r"video 'v1' frame 0 \(.*00001\.jpg\): corrupt image data"):
+        FrameFolderStorage(tmp_path).read_frames("v1", [0])
+    with pytest.raises(DataError, match="empty image data"):
+        decode_image(b"", where="x")
+
+
+def test_missing_and_empty_frame_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    storage = FrameFolderStorage(tmp_path)
+    with pytest.raises(
+        DataError, match=r"video 'empty': frame folder .*empty has no frames matching \.jpg/\.jpeg/\.png"
+    ):
+        storage.num_frames("empty")
+    with pytest.raises(DataError, match=r"video 'ghost': frame folder not found: .*ghost"):
+        storage.num_frames("ghost")
+    with pytest.raises(DataError, match="frame root folder not found"):
+        FrameFolderStorage(tmp_path / "nope")
+
+
+def test_truncated_video(tmp_path, synth):
+    src = synth["video"].storage_path / "vid_00002.mp4"
+    data = src.read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(data[: len(data) // 2])  # the index (moov atom) is lost
+    (tmp_path / "whole.mp4").write_bytes(data)
+    storage = VideoFileStorage(tmp_path)
+    with pytest.raises(
+        DataError, match=r"video 'cut\.mp4': OpenCV cannot open .*cut\.mp4 \(corrupt or unsupported\)"
+    ):
+        storage.read_frames("cut.mp4", [0])
+    # a container whose header promises more frames than it holds
+    storage._counts["whole.mp4"] = 12
+    with pytest.raises(
+        DataError, match=r"video 'whole\.mp4': .*whole\.mp4 ended after 8 frames but frame 10 was requested"
+    ):
+        storage.read_frames("whole.mp4", [0, 10])
+
+
+def test_lmdb_without_key(synth, tmp_path):
+    db = LmdbStorage(synth["lmdb"].storage_path)
+    with pytest.raises(
+        DataError, match=r"LMDB .* has no video 'vid_99999' \(missing key '__meta__/vid_99999'\)"
+    ):
+        db.num_frames("vid_99999")
+    write_lmdb(
+        tmp_path / "holey.lmdb",
+        [("a", [encode_jpeg(np.zeros((4, 4, 3), np.uint8))], (4, 4))],
+        map_size=1 << 20,
+    )
+    holey = LmdbStorage(tmp_path / "holey.lmdb")
+    with pytest.raises(DataError, match=r"video 'a': frame 3 requested but the video has 1 frames"):
+        holey.read_frames("a", [3])
+    with pytest.raises(DataError, match="LMDB not found"):
+        LmdbStorage(tmp_path / "none.lmdb")
+
+
+def test_list_naming_missing_video_raises_or_skips_with_log(synth, caplog):
+    storage = open_storage("frames", synth["frames"].storage_path)
+    records = [VideoRecord("vid_00000", 8, (1,)), VideoRecord("vid_ghost", 8, (0,))]
+    with pytest.raises(
+        DataError, match=r"listed video 'vid_ghost' is not usable: video 'vid_ghost': frame folder not found"
+    ):
+        VideoClassificationDataset(records, storage, sampler=SAMPLERS["uniform"], num_classes=4)
+    with caplog.at_level(logging.WARNING):
+        ds = VideoClassificationDataset(
+            records, storage, sampler=SAMPLERS["uniform"], num_classes=4, on_missing="skip"
+        )
+    assert len(ds) == 1
+    assert (
+        "skipping listed video 'vid_ghost'" in caplog.text and "skipped 1 of 2 listed videos" in caplog.text
+    )
+    with pytest.raises(DataError, match="the dataset is empty"):
+        VideoClassificationDataset(
+            records[1:], storage, sampler=SAMPLERS["uniform"], num_classes=4, on_missing="skip"
+        )
+    with pytest.raises(DataError, match=r"video 'vid_00000' has label\(s\) \[1\] outside \[0, 1\)"):
+        VideoClassificationDataset(records[:1], storage, sampler=SAMPLERS["uniform"], num_classes=1)
+
+
+def test_class_list_errors(tmp_path):
+    p = tmp_path / "c.txt"
+    p.write_text("a\nb\na\n")
+    with pytest.raises(DataError, match="class 'a' appears twice"):
+        read_class_list(p)
+    with pytest.raises(DataError, match="class list not found"):
+        read_class_list(tmp_path / "none.txt")
+
+
+# ----------------------------------------------------------------------------- synthetic
+
+
+def test_synthetic_is_deterministic_and_has_its_properties(tmp_path):
+    a = generate(tmp_path / "a", SyntheticSpec(storage="lmdb", **SMALL))
+    b = generate(tmp_path / "b", SyntheticSpec(storage="lmdb", **SMALL))
+    c = generate(tmp_path / "c", SyntheticSpec(storage="lmdb", seed=1, **SMALL))
+    da, db, dc = (LmdbStorage(x.storage_path) for x in (a, b, c))
+    assert all(da.read_bytes(k, i) == db.read_bytes(k, i) for k in da.keys() for i in range(8))
+    assert any(da.read_bytes(k, 0) != dc.read_bytes(k, 0) for k in da.keys())
+    assert (tmp_path / "a" / "train.txt").read_text() == (tmp_path / "b" / "train.txt").read_text()
+    meta = json.loads((tmp_path / "a" / "meta.json").read_text())
+    kinds = {v["kind"] for v in meta["videos"]}
+    assert kinds == {"early", "late"}
+    for v in meta["videos"]:
+        if v["kind"] == "late":
+            assert len(v["evidence_frames"]) == 3 and 4 not in v["evidence_frames"]  # the centre has none
+            assert set(v["evidence_frames"]) & set(uniform_indices(8, 5))  # some sampled frame sees it
+        else:
+            assert v["evidence_frames"] == list(range(8))
+    frames = np.stack(da.read_frames("vid_00000", list(range(8)))).astype(int)
+    assert np.abs(np.diff(frames, axis=0)).mean() < 12  # consecutive frames differ little
+    assert generate(tmp_path / "a", SyntheticSpec(storage="lmdb", **SMALL)).root == tmp_path / "a"  # reused
+    with pytest.raises(DataError, match="does not hold a synthetic benchmark of this spec"):
+        generate(tmp_path / "a", SyntheticSpec(storage="lmdb", seed=5, **SMALL))
+
+
+def test_synthetic_spec_validation():
+    with pytest.raises(ValueError, match=r"num_classes must be in \[2, 12\]"):
+        SyntheticSpec(num_classes=13)
+
+
+# ----------------------------------------------------------------------------- transforms
+
+
+def test_frameexit_preprocess_matches_the_original_recipe():
+    clip = torch.randint(0, 256, (2, 3, 35, 47), dtype=torch.uint8)
+    out = FrameExitPreprocess(size=24)(clip)
+    x = clip.float() / 255
+    x = torch.nn.functional.interpolate(x, size=(24, int(24 * 47 / 35)), mode="bilinear", align_corners=False)
+    left = int(round((int(24 * 47 / 35) - 24) / 2))
+    x = x[..., :, left : left + 24]
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    torch.testing.assert_close(out, (x - mean) / std)
+    assert out.shape == (2, 3, 24, 24)
+
+
+@pytest.mark.parametrize("crop", ["random", "multiscale", "center"])
+def test_standard_transforms_one_draw_per_clip(crop):
+    torch.manual_seed(0)
+    frame = torch.randint(0, 256, (1, 3, 40, 60), dtype=torch.uint8)
+    clip = frame.repeat(4, 1, 1, 1)
+    out = build_transform(TransformConfig(resize=32, crop=28, train_crop=crop), train=True)(clip)
+    assert out.shape == (4, 3, 28, 28) and out.dtype == torch.float32
+    assert all(torch.equal(out[0], out[t]) for t in range(4))  # same crop/flip for every frame
+    with pytest.raises(ValueError, match="cannot exceed"):
+        TransformConfig(resize=20, crop=28)
+
+
+# ----------------------------------------------------------------------------- tools
+
+
+def test_mp4_folder_to_lmdb_dataset_with_two_commands(tmp_path, synth):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("vid_00000.mp4", "vid_00001.mp4"):
+        (videos / name).write_bytes((synth["video"].storage_path / name).read_bytes())
+    (videos / "broken.mp4").write_bytes(b"not a video")
+    frames = tmp_path / "frames"
+    with pytest.raises(SystemExit, match="1 of 3 videos failed"):
+        fire.Fire(
+            EXTRACT,
+            command=[
+                "--videos",
+                str(videos),
+                "--frames",
+                str(frames),
+                "--short_side",
+                "48",
+                "--workers",
+                "1",
+                "--output_dir",
+                str(tmp_path / "run1"),
+            ],
+        )
+    assert sorted(p.name for p in frames.iterdir()) == ["vid_00000.mp4", "vid_00001.mp4"]  # no partial folder
+    (videos / "broken.mp4").unlink()
+    fire.Fire(
+        EXTRACT,
+        command=[
+            "--videos",
+            str(videos),
+            "--frames",
+            str(frames),
+            "--short_side",
+            "48",
+            "--workers",
+            "1",
+            "--output_dir",
+            str(tmp_path / "run2"),
+        ],
+    )  # resumes: nothing to do
+    folder = FrameFolderStorage(frames)
+    assert folder.num_frames("vid_00000.mp4") == 8
+    assert folder.read_frames("vid_00000.mp4", [0])[0].shape == (48, 48, 3)
+    assert (frames / "vid_00000.mp4" / "image_00001.jpg").is_file()
+    db = tmp_path / "frames.lmdb"
+    fire.Fire(
+        BUILD_LMDB,
+        command=["--source", str(frames), "--output", str(db), "--output_dir", str(tmp_path / "run3")],
+    )
+    storage = LmdbStorage(db)
+    assert storage.keys() == ["vid_00000.mp4", "vid_00001.mp4"]
+    assert storage.read_bytes("vid_00001.mp4", 3) == folder.read_bytes("vid_00001.mp4", 3)
+    with pytest.raises(DataError, match="already exists"):
+        fire.Fire(
+            BUILD_LMDB,
+            command=["--source", str(frames), "--output", str(db), "--output_dir", str(tmp_path / "r4")],
+        )
+    classes = tmp_path / "classes.txt"
+    classes.write_text("a\nb\n")
+    ann = tmp_path / "anet.json"
+    ann.write_text(
+        json.dumps({"database": {"vid_00000": {"subset": "validation", "annotations": [{"label": "b"}]}}})
+    )
+    fire.Fire(
+        BUILD_LISTS,
+        command=[
+            "--format",
+            "activitynet",
+            "--annotations",
+            str(ann),
+            "--classes",
+            str(classes),
+            "--out_dir",
+            str(tmp_path / "lists"),
+            "--output_dir",
+            str(tmp_path / "r5"),
+        ],
+    )
+    assert (tmp_path / "lists" / "split_validation.txt").read_text() == "v_vid_00000.mp4\n"
+
+
+def test_lmdb_in_dataloader_workers_after_parent_opened_it(synth):
+    storage = open_storage("lmdb", synth["lmdb"].storage_path)
+    ds = VideoClassificationDataset(  # construction reads metadata: the parent has the env open
+        read_generic_list(synth["lmdb"].train_list), storage, sampler=SAMPLERS["uniform"], num_classes=4
+    )
+    loader = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=2)
+    batches = list(loader)
+    assert sum(b["video"].shape[0] for b in batches) == len(ds)
+    assert torch.equal(batches[0]["video"][0], ds[0]["video"])
