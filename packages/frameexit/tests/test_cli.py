@@ -1,0 +1,288 @@
+"""Commands end to end on generated data: training, inference (frames and LMDB), sweep, conversion,
+the shipped ActivityNet config with an original-layout checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import fire
+import numpy as np
+import pytest
+import torch
+import yaml
+from original_reference import OriginalFrameExit, randomise
+
+from effvid.data import LmdbStorage, SyntheticSpec, generate
+from frameexit.cli import CONVERT, INFER, SWEEP, TRAIN
+from frameexit.config import DataConfig
+from frameexit.data import build_dataset
+from frameexit.evaluation import evaluate_dataset
+from frameexit.model_io import build_model
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+SPEC = {"num_classes": 4, "num_videos": 16, "num_frames": 12, "size": 32}
+
+
+def write_config(path: Path, info, storage: str) -> Path:
+    cfg = {
+        "data": {
+            "name": "list",
+            "storage": storage,
+            "path_frame": str(info.storage_path),
+            "path_label": str(info.train_list),
+            "path_classid": str(info.classes),
+            "num_frames": 4,
+            "order": [2, 0, 3, 1],
+            "batch_size": 5,
+            "transform": {
+                "style": "standard",
+                "resize": 32,
+                "crop": 32,
+                "train_crop": "center",
+                "flip": False,
+            },
+        },
+        "model": {"backbone": "tiny_cnn", "backbone_width": 4, "num_class": 4, "hidden": 16},
+    }
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A synthetic set in frames and LMDB form, and stage-1 + stage-2 models trained through the CLI."""
+    root = tmp_path_factory.mktemp("fe")
+    infos = {kind: generate(root / kind, SyntheticSpec(storage=kind, **SPEC)) for kind in ("frames", "lmdb")}
+    cfg = write_config(root / "cfg.yml", infos["lmdb"], "lmdb")
+    engine = ["--engine.epochs", "1", "--engine.batch_size", "4", "--engine.progress", "False"]
+    fire.Fire(TRAIN, command=[str(cfg), "--output_dir", str(root / "s1"), *engine])
+    fire.Fire(
+        TRAIN,
+        command=[
+            str(cfg),
+            "--stage",
+            "2",
+            "--beta",
+            "0.1",
+            "--checkpoint.init",
+            str(root / "s1" / "model.pt"),
+            "--output_dir",
+            str(root / "s2"),
+            *engine,
+        ],
+    )
+    return {"root": root, "infos": infos, "cfg": cfg}
+
+
+def test_two_stage_training_trains_the_right_parts(trained):
+    s1 = torch.load(trained["root"] / "s1" / "model.pt", weights_only=True)
+    s2 = torch.load(trained["root"] / "s2" / "model.pt", weights_only=True)
+    assert s1["format"] == "effvid-frameexit-v1" and "num_class: 4" in s1["config"]
+    a, b = s1["state_dict"], s2["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a if not k.startswith("gates."))  # frozen in stage 2
+    assert not torch.equal(a["gates.0.fc1.weight"], b["gates.0.fc1.weight"])  # gates learned
+    assert torch.equal(a["gates.2.fc1.weight"], b["gates.2.fc1.weight"])  # the last gate is never used
+    assert (trained["root"] / "s2" / "checkpoints").is_dir() and (
+        trained["root"] / "s2" / "config.yaml"
+    ).is_file()
+
+
+@pytest.mark.parametrize("storage", ["frames", "lmdb"])
+def test_infer_writes_metrics_and_predictions(trained, storage, capsys):
+    info = trained["infos"][storage]
+    cfg = write_config(trained["root"] / f"infer-{storage}.yml", info, storage)
+    out = trained["root"] / f"infer-{storage}"
+    fire.Fire(
+        INFER,
+        command=[
+            str(cfg),
+            "--data.path_label",
+            str(info.val_list),
+            "--checkpoint.init",
+            str(trained["root"] / "s2" / "model.pt"),
+            "--output_dir",
+            str(out),
+        ],
+    )
+    printed = capsys.readouterr().out
+    assert "top1/Hit@1" in printed and "GMACs per video" in printed and "exit histogram" in printed
+    metrics = json.loads((out / "metrics_eval.json").read_text())
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    val_keys = [line.split()[0] for line in info.val_list.read_text().splitlines()]
+    assert [r["video"] for r in rows] == val_keys and metrics["num_videos"] == len(val_keys)
+    for r in rows:
+        assert r["frames_used"] == r["exit_step"] + 1 and 1 <= r["frames_used"] <= 4
+        assert len(r["probs"]) == 4 and abs(sum(r["probs"]) - 1) < 1e-4
+        assert r["gmacs"] > r["gmacs_backbone"] > 0 and r["labels"] == [int(r["labels"][0])]
+    assert metrics["mean_frames"] == pytest.approx(np.mean([r["frames_used"] for r in rows]))
+    assert sum(metrics["exit_histogram"].values()) == pytest.approx(1.0)
+    assert 0.0 <= metrics["hit1"] <= 1.0 and 0.0 <= metrics["map"] <= 1.0
+
+
+def test_streaming_decodes_only_the_frames_used(trained, monkeypatch):
+    info = trained["infos"]["lmdb"]
+    data = DataConfig(
+        name="list",
+        storage="lmdb",
+        path_frame=str(info.storage_path),
+        path_label=str(info.val_list),
+        num_frames=4,
+        order=[2, 0, 3, 1],
+        batch_size=3,
+    )
+    data.transform.style, data.transform.resize, data.transform.crop = "standard", 32, 32
+    dataset = build_dataset(data, num_classes=4)
+    model = build_model(yaml_model(), num_frames=4)
+    model.first_threshold = 0.0  # every video exits after its first frame
+    reads = []
+    original = LmdbStorage.read_bytes
+    monkeypatch.setattr(
+        LmdbStorage, "read_bytes", lambda self, key, i: reads.append((key, i)) or original(self, key, i)
+    )
+    result = evaluate_dataset(
+        model, dataset, batch_size=3, device=torch.device("cpu"), stream=True, progress=False
+    )
+    used = sum(r["frames_used"] for r in result.rows)
+    assert used == len(dataset) and len(reads) == used + 1  # +1: the frame-shape probe of frame 0
+
+
+def yaml_model():
+    from frameexit.config import ModelConfig
+
+    return ModelConfig(backbone="tiny_cnn", backbone_width=4, num_class=4, hidden=16)
+
+
+def test_sweep_writes_table_and_curve(trained):
+    info = trained["infos"]["lmdb"]
+    out = trained["root"] / "sweep"
+    fire.Fire(
+        SWEEP,
+        command=[
+            str(trained["cfg"]),
+            "--data.path_label",
+            str(info.val_list),
+            "--checkpoint.init",
+            str(trained["root"] / "s2" / "model.pt"),
+            "--thresholds",
+            "[0.2,0.9]",
+            "--output_dir",
+            str(out),
+        ],
+    )
+    lines = (out / "tradeoff.csv").read_text().splitlines()
+    assert lines[0] == "gate_threshold,hit1,map,mean_frames,mean_gmacs" and len(lines) == 3
+    assert (out / "tradeoff.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _fake_activitynet(root: Path) -> dict[str, Path]:
+    classes = [f"class {i}" for i in range(200)]
+    (root / "classes.txt").write_text("\n".join(classes) + "\n")
+    db = {"a_1": ["class 3"], "b-2": ["class 7", "class 150"], "c3": ["class 199"], "t": ["class 0"]}
+    ann = {
+        "database": {
+            k: {"subset": "training" if k == "t" else "validation", "annotations": [{"label": x} for x in v]}
+            for k, v in db.items()
+        }
+    }
+    (root / "anet.json").write_text(json.dumps(ann))
+    (root / "split.txt").write_text("v_a_1.mp4\nv_b-2.mp4\nv_c3.mp4\n")
+    rng = np.random.default_rng(0)
+    for vid in ("a_1", "b-2", "c3"):
+        folder = root / "frames" / f"v_{vid}.mp4"
+        folder.mkdir(parents=True)
+        for i in range(1, 13):
+            cv2.imwrite(
+                str(folder / f"image_{i:05d}.jpeg"), rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)
+            )
+        (folder / "thumbnail.jpg").write_bytes(b"not read: the pattern is *.jpeg")
+    return {
+        "frames": root / "frames",
+        "json": root / "anet.json",
+        "classes": root / "classes.txt",
+        "split": root / "split.txt",
+    }
+
+
+def test_activitynet_config_with_original_checkpoint_and_converter(tmp_path):
+    paths = _fake_activitynet(tmp_path)
+    ref = randomise(OriginalFrameExit(), 0)  # the released layout: ResNet-50, 4096, 200 classes, 10 gates-1
+    ckpt = tmp_path / "activitynet_checkpoint_25gmac.pth"
+    torch.save({f"module.{k}": v for k, v in ref.state_dict().items()}, ckpt)
+    common = [
+        str(CONFIGS / "activitynet_inference_2d.yml"),
+        "--data.path_frame",
+        str(paths["frames"]),
+        "--data.path_split",
+        str(paths["split"]),
+        "--data.path_label",
+        str(paths["json"]),
+        "--data.path_classid",
+        str(paths["classes"]),
+        "--data.num_workers",
+        "0",
+    ]
+    fire.Fire(
+        INFER, command=[*common, "--checkpoint.init", str(ckpt), "--output_dir", str(tmp_path / "orig")]
+    )
+    fire.Fire(
+        CONVERT,
+        command=[
+            "--src",
+            str(ckpt),
+            "--dst",
+            str(tmp_path / "model.pt"),
+            "--output_dir",
+            str(tmp_path / "c"),
+        ],
+    )
+    fire.Fire(
+        INFER,
+        command=[
+            *common,
+            "--checkpoint.init",
+            str(tmp_path / "model.pt"),
+            "--checkpoint.format",
+            "effvid",
+            "--output_dir",
+            str(tmp_path / "ours"),
+        ],
+    )
+    a = [json.loads(x) for x in (tmp_path / "orig" / "predictions.jsonl").read_text().splitlines()]
+    b = [json.loads(x) for x in (tmp_path / "ours" / "predictions.jsonl").read_text().splitlines()]
+    assert [r["video"] for r in a] == ["v_a_1.mp4", "v_b-2.mp4", "v_c3.mp4"]
+    assert a[1]["labels"] == [7, 150]  # multi-label ActivityNet video
+    assert a == b
+    # the original's batch-1 loop on the same preprocessed frames exits at the same step
+    cfg_model = build_model(
+        yaml.safe_load((CONFIGS / "activitynet_inference_2d.yml").read_text()) and _anet_model(),
+        num_frames=10,
+    )
+    assert cfg_model.first_threshold == 0.99
+    data = DataConfig(
+        name="activitynet1.3",
+        path_frame=str(paths["frames"]),
+        path_split=str(paths["split"]),
+        path_label=str(paths["json"]),
+        path_classid=str(paths["classes"]),
+        frame_pattern="*.jpeg",
+    )
+    dataset = build_dataset(data, num_classes=200)
+    for i, row in enumerate(a):
+        step, probs = ref.run_video(dataset[i]["video"])
+        assert row["exit_step"] == step
+        assert np.allclose(row["probs"], probs.numpy(), atol=1e-5)
+
+
+def _anet_model():
+    from frameexit.config import ModelConfig
+
+    return ModelConfig(**yaml.safe_load((CONFIGS / "activitynet_inference_2d.yml").read_text())["model"])
+
+
+def test_shipped_configs_resolve(capsys):
+    for name in ("activitynet_inference_2d.yml", "minikinetics_inference_2d.yml", "synthetic_train.yml"):
+        command = TRAIN if name.startswith("synthetic") else INFER
+        fire.Fire(command, command=[str(CONFIGS / name), "--print_config"])
+        assert "path_frame" in capsys.readouterr().out

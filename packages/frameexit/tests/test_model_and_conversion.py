@@ -1,0 +1,158 @@
+"""Model shapes, exit rules, the authors' checkpoint converter, batched vs batch-1 equivalence."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from original_reference import OriginalFrameExit, randomise
+
+from effvid.checkpoint import CheckpointMismatchError, check_state_dict
+from effvid.flops import crosscheck
+from frameexit import FrameExitModel
+from frameexit.conversion import convert_original_state_dict, load_original_checkpoint
+from frameexit.inference import early_exit, measure_unit_costs, video_macs
+from frameexit.losses import gate_pseudo_labels, step_losses
+
+
+def tiny(**kw):
+    args = dict(backbone="tiny_cnn", backbone_kwargs={"width": 4}, num_classes=5, num_frames=4, hidden=16)
+    args.update(kw)
+    return FrameExitModel(**args)
+
+
+def test_training_forward_shapes():
+    model = tiny()
+    logits, gates, z = model(torch.randn(3, 4, 3, 32, 32))
+    assert logits.shape == (3, 4, 5) and gates.shape == (3, 3) and z.shape == (3, 4, 16)
+    assert torch.all(z[:, 1:] >= z[:, :-1])  # running max never decreases
+    assert len(model.gates) == 3 and len(model.classifiers) == 4
+    with pytest.raises(ValueError, match="expected 4 frames per video, got 5"):
+        model(torch.randn(1, 5, 3, 32, 32))
+
+
+def test_gate_pseudo_labels_hand_computed():
+    # columns are 0-based steps 1, 2: tolerance beta * exp(2/2), beta * exp(3/2)
+    ce = torch.tensor([[0.26, 0.4], [0.3, 0.5]])
+    labels = gate_pseudo_labels(ce, beta=0.1)  # tolerances 0.2718, 0.4482
+    assert labels.tolist() == [[1.0, 1.0], [0.0, 0.0]]
+    ce_step = step_losses(torch.tensor([[[10.0, 0.0], [0.0, 0.0]]]), torch.tensor([0]))
+    assert ce_step[0, 0] == pytest.approx(4.54e-5, rel=1e-2) and ce_step[0, 1] == pytest.approx(
+        0.6931, rel=1e-3
+    )
+    multi = step_losses(torch.zeros(1, 1, 4), torch.tensor([[1.0, 1.0, 0.0, 0.0]]))
+    assert multi[0, 0] == pytest.approx(1.3863, rel=1e-3)  # -log(1/4) under a uniform prediction
+
+
+def _original_pair(seed=0, first_threshold=None, **kw):
+    ref = randomise(OriginalFrameExit(**kw), seed)
+    model = FrameExitModel(
+        backbone=kw["backbone"], num_classes=kw["num_class"], num_frames=kw["num_frames"], hidden=kw["hidden"]
+    ).eval()
+    load = convert_original_state_dict({f"module.{k}": v for k, v in ref.state_dict().items()})
+    check_state_dict(model, load)
+    model.load_state_dict(load)
+    return ref, model
+
+
+def test_converted_checkpoint_behaves_identically_to_the_original():
+    kw = dict(backbone="resnet18", num_class=6, num_frames=5, hidden=32)
+    ref, model = _original_pair(**kw)
+    videos = torch.randn(8, 5, 3, 48, 48)
+    # choose the step-0 threshold so that some videos exit at once and others continue
+    with torch.no_grad():
+        conf = torch.stack(
+            [
+                torch.softmax(ref.classifiers[0](ref.mlp(torch.flatten(ref.backbone(v[:1]), 1))), 1).max()
+                for v in videos
+            ]
+        )
+    ranked = conf.sort().values  # between two videos' confidences: last-bit differences cannot flip one
+    threshold = float(ranked[3] + ranked[4]) / 2
+    ref.first_threshold = model.first_threshold = threshold
+    expected = [ref.run_video(v) for v in videos]
+    result = early_exit(model, lambda active, step: videos[active, step], len(videos))
+    steps = [s for s, _ in expected]
+    assert result.exit_step.tolist() == steps
+    assert len(set(steps)) >= 2, f"the test needs varied exits, got {steps}"
+    torch.testing.assert_close(result.probs, torch.stack([p for _, p in expected]), rtol=1e-4, atol=1e-6)
+
+
+def test_full_size_checkpoint_keys_and_shapes_map_strictly():
+    with torch.device("meta"):
+        ref = OriginalFrameExit()  # ResNet-50, 4096, 200 classes, 10 frames: the released layout
+        ours = FrameExitModel(backbone="resnet50", num_classes=200)
+    original = {f"module.{k}": v for k, v in ref.state_dict().items()}
+    assert len(original) == 489
+    assert original["module.exit_selector.8.conv1.weight"].shape == (128, 4096, 1, 1)
+    assert original["module.backbone.7.2.conv3.weight"].shape == (2048, 512, 1, 1)
+    assert original["module.classifiers.9.weight"].shape == (200, 4096)
+    check_state_dict(ours, convert_original_state_dict(original))  # raises on any mismatch
+
+
+def test_converter_is_strict_with_a_readable_message(tmp_path):
+    ref = randomise(OriginalFrameExit(backbone="resnet18", num_class=3, num_frames=3, hidden=8), 1)
+    state = {f"module.{k}": v for k, v in ref.state_dict().items()}
+    del state["module.classifiers.2.bias"]
+    state["module.extra_head.weight"] = torch.zeros(1)
+    state["module.mlp.layers.0.weight"] = torch.zeros(8, 100)
+    path = tmp_path / "broken.pth"
+    torch.save(state, path)
+    model = FrameExitModel(backbone="resnet18", num_classes=3, num_frames=3, hidden=8)
+    with pytest.raises(CheckpointMismatchError) as info:
+        load_original_checkpoint(model, path)
+    msg = str(info.value)
+    assert "broken.pth does not match the model: 1 missing, 1 unexpected, 1 shape-mismatched" in msg
+    assert "missing     classifiers.2.bias" in msg and "unexpected  extra_head.weight" in msg
+    assert "shape       mlp.0.weight: checkpoint (8, 100) vs model (8, 512)" in msg
+
+
+def test_batched_equals_batch_one_and_macs_match_flop_counter():
+    torch.manual_seed(0)
+    model = randomise(tiny(), 3)
+    videos = torch.randn(7, 4, 3, 32, 32) * torch.linspace(0.2, 3, 7).view(7, 1, 1, 1, 1)
+    with torch.no_grad():  # thresholds between observed values, so that exits vary
+        logits, gates, _ = model(videos)
+    conf = torch.softmax(logits[:, 0], 1).amax(1).sort().values
+    model.first_threshold = float(conf[4] + conf[5]) / 2
+    gate_p = torch.sigmoid(gates[:, 0]).sort().values
+    model.gate_threshold = float(gate_p[2] + gate_p[3]) / 2
+    batched = early_exit(model, lambda active, step: videos[active, step], 7)
+    assert len(set(batched.exit_step.tolist())) >= 2
+    costs = measure_unit_costs(model, (3, 32, 32))
+    macs = video_macs(batched.exit_step, costs, model.num_frames)
+    for i in range(7):
+        one = early_exit(model, lambda active, step, i=i: videos[i : i + 1][active, step], 1)
+        assert one.exit_step.item() == batched.exit_step[i].item()
+        torch.testing.assert_close(one.probs[0], batched.probs[i], rtol=1e-5, atol=1e-6)
+        crosscheck(
+            lambda i=i: early_exit(model, lambda a, s: videos[i : i + 1][a, s], 1),
+            macs["total"][i],
+            what=f"video {i}",
+        )
+    assert torch.equal(macs["backbone"], batched.frames_used * costs["backbone"])
+
+
+def test_static_mode_and_max_steps():
+    model = randomise(tiny(first_threshold=0.0), 4)  # would always exit at step 0
+    videos = torch.randn(3, 4, 3, 32, 32)
+    gated = early_exit(model, lambda a, s: videos[a, s], 3)
+    assert gated.exit_step.tolist() == [0, 0, 0]
+    static = early_exit(model, lambda a, s: videos[a, s], 3, exits=False)
+    assert static.exit_step.tolist() == [3, 3, 3]
+    logits, _, _ = model(videos)
+    torch.testing.assert_close(static.logits, logits[:, 3])
+    first2 = early_exit(model, lambda a, s: videos[a, s], 3, exits=False, max_steps=2)
+    torch.testing.assert_close(first2.logits, logits[:, 1])
+    costs = measure_unit_costs(model, (3, 32, 32))
+    macs = video_macs(static.exit_step, costs, 4, exits=False)
+    assert macs["total"][0] == 4 * (costs["backbone"] + costs["mlp"]) + costs["classifier"]
+    crosscheck(lambda: early_exit(model, lambda a, s: videos[:1][a, s], 1, exits=False), macs["total"][0])
+
+
+def test_gate_polarity_is_negated_on_conversion():
+    ref = randomise(OriginalFrameExit(backbone="resnet18", num_class=3, num_frames=3, hidden=8), 2)
+    converted = convert_original_state_dict(copy.deepcopy(ref.state_dict()))
+    assert torch.equal(converted["gates.0.linear.weight"], -ref.state_dict()["exit_selector.0.linear.weight"])
+    assert converted["gates.1.fc1.weight"].shape == (128, 8)
