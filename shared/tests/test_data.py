@@ -530,3 +530,64 @@ def test_lmdb_in_dataloader_workers_after_parent_opened_it(synth):
     batches = list(loader)
     assert sum(b["video"].shape[0] for b in batches) == len(ds)
     assert torch.equal(batches[0]["video"][0], ds[0]["video"])
+
+
+@pytest.fixture(scope="module")
+def standard_keys(tmp_path_factory, synth):
+    """ActivityNet- and Kinetics-named videos in all three storage forms."""
+    root = tmp_path_factory.mktemp("std")
+    keys = {
+        "v_abc_1.mp4": "vid_00000",
+        "v_x-y.mp4": "vid_00001",
+        "7LSJ2Ryv1a8_000000_000010.mp4": "vid_00002",
+    }
+    (root / "videos").mkdir()
+    for key, src in keys.items():
+        (root / "frames" / key).mkdir(parents=True)
+        for i in range(8):
+            data = (synth["frames"].storage_path / src / f"{i:05d}.jpg").read_bytes()
+            (root / "frames" / key / f"image_{i + 1:05d}.jpg").write_bytes(data)
+        (root / "videos" / key).write_bytes((synth["video"].storage_path / f"{src}.mp4").read_bytes())
+    from effvid.data.tools.build_lmdb import build_lmdb
+
+    build_lmdb(root / "frames", root / "frames.lmdb")
+    classes = ["Archery", "Bowling", "air drumming"]
+    (root / "anet.json").write_text(
+        json.dumps(
+            {
+                "database": {
+                    "abc_1": {
+                        "subset": "validation",
+                        "annotations": [{"label": "Archery"}, {"label": "Bowling"}],
+                    },
+                    "x-y": {"subset": "validation", "annotations": [{"label": "Bowling"}]},
+                }
+            }
+        )
+    )
+    (root / "k.csv").write_text(
+        'label,youtube_id,time_start,time_end,split\n"air drumming",7LSJ2Ryv1a8,0,10,val\n'
+    )
+    return root, classes
+
+
+@pytest.mark.parametrize("kind", ["frames", "lmdb", "video"])
+@pytest.mark.parametrize("fmt", ["activitynet", "kinetics"])
+def test_standard_formats_over_every_backend(standard_keys, kind, fmt):
+    root, classes = standard_keys
+    path = {"frames": root / "frames", "lmdb": root / "frames.lmdb", "video": root / "videos"}[kind]
+    if fmt == "activitynet":
+        records, multi = read_activitynet(root / "anet.json", classes), True
+    else:
+        records, multi = read_kinetics_csv(root / "k.csv", classes), False
+    for name, sampler in SAMPLERS.items():
+        ds = VideoClassificationDataset(
+            records, open_storage(kind, path), sampler=sampler, num_classes=3, multi_label=multi
+        )
+        item = ds[0]
+        assert item["video"].shape[1:] == (3, 32, 32), name
+        assert item["key"] == records[0].key
+    if multi:
+        assert ds[0]["label"].tolist() == [1.0, 1.0, 0.0]
+    else:
+        assert ds[0]["label"].item() == 2
