@@ -68,12 +68,13 @@ def plot_tradeoff(
             ys = [s.accuracy[i] for i in order]
             ax.plot(xs, ys, marker="o", label=s.name)
             if s.labels is not None:
-                for i in order:
+                for rank, i in enumerate(order):  # alternate above/below so neighbours do not collide
+                    offset = (4, 6) if rank % 2 else (4, -11)
                     ax.annotate(
                         s.labels[i],
                         (s.gmacs[i], s.accuracy[i]),
                         textcoords="offset points",
-                        xytext=(4, -10),
+                        xytext=offset,
                         fontsize=7,
                     )
         for i, b in enumerate(baselines):

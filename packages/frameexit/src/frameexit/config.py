@@ -99,7 +99,7 @@ class DemoConfig(RunConfig):
         "data/synthetic-frameexit", "where the synthetic benchmark is generated (reused if present)"
     )
     storage: str = option("lmdb", "storage of the generated benchmark: frames | lmdb | video")
-    num_videos: int = option(480, "videos generated (75% train, 25% val)")
+    num_videos: int = option(960, "videos generated (75% train, 25% val)")
     data: DataConfig = option(
         doc="data options (storage and paths are set by the demo)",
         default_factory=lambda: DataConfig(name="list", path_frame="(generated)"),

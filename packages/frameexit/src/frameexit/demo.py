@@ -107,7 +107,8 @@ def run_demo(cfg: DemoConfig, run_dir: Path) -> None:
         if beta == cfg.beta:
             chosen = result.metrics
 
-    baseline = rows[0]
+    # compare with the stronger of the two all-frames models (same GMACs), never the weaker
+    baseline = max(rows[:2], key=lambda r: r["top1"])
     width = max(len(r["method"]) for r in rows)
     lines = [
         f"{'method':<{width}}  {'top-1 (%)':>9}  {'frames':>6}  {'GMACs/video':>11}  {'vs baseline':>11}"
@@ -145,7 +146,7 @@ def run_demo(cfg: DemoConfig, run_dir: Path) -> None:
         ok = chosen["hit1"] >= baseline["top1"] - 0.01 and chosen["mean_gmacs"] <= 0.5 * baseline["gmacs"]
         verdict = "meets" if ok else "does NOT meet"
         print(
-            f"FrameExit (beta={cfg.beta:g}) {verdict} the target: top-1 within 1 point of the all-frames baseline "
+            f"FrameExit (beta={cfg.beta:g}) {verdict} the target: top-1 within 1 point of the best all-frames model "
             f"({100 * chosen['hit1']:.2f} vs {100 * baseline['top1']:.2f}) at <= 50% of its GMACs "
             f"({chosen['mean_gmacs'] / baseline['gmacs']:.1%})."
         )

@@ -2,7 +2,8 @@
 
 A video shows a slowly drifting, low-contrast textured background with a few grey distractor
 squares, and one small object (about 1/6 of the frame side) moving slowly. Its class is the
-object's colour x shape (``circle`` / ``square``; up to 12 classes). Properties, and who needs them:
+object's colour (6 distinct hues) and, beyond 6 classes, its shape (``circle`` / ``square``; up to
+12 classes): colour is what a small CNN learns in minutes. Properties, and who needs them:
 
 * **early vs late evidence (FrameExit).** ``early`` videos show the coloured object in every frame.
   ``late`` videos show it only in a short window of ``window`` consecutive frames that avoids the
@@ -55,8 +56,8 @@ SHAPES = ("circle", "square")
 class SyntheticSpec:
     task: str = option("classification", "classification | segmentation (adds per-frame masks)")
     storage: str = option("frames", "frames (JPEG folders) | lmdb | video (mp4 files)")
-    num_classes: int = option(8, "classes = colour x shape combinations (2..12)")
-    num_videos: int = option(480, "videos in total (train + val)")
+    num_classes: int = option(6, "classes: 6 colours, then the same colours as squares (2..12)")
+    num_videos: int = option(960, "videos in total (train + val)")
     num_frames: int = option(16, "frames per video")
     size: int = option(64, "frame side in pixels (square frames)")
     val_fraction: float = option(0.25, "share of the videos in val.txt")
@@ -98,9 +99,13 @@ class SyntheticInfo:
     masks: Path | None
 
 
+def class_colour_shape(c: int) -> tuple[str, str]:
+    """Class ``c`` -> (colour, shape): colours first, shapes only beyond the 6 colours."""
+    return list(PALETTE)[c % len(PALETTE)], SHAPES[c // len(PALETTE)]
+
+
 def class_name(c: int) -> str:
-    colours = list(PALETTE)
-    return f"{colours[c // len(SHAPES)]}_{SHAPES[c % len(SHAPES)]}"
+    return "_".join(class_colour_shape(c))
 
 
 def _evidence_frames(rng: np.random.Generator, spec: SyntheticSpec, early: bool) -> list[int]:
@@ -134,10 +139,10 @@ def render_video(spec: SyntheticSpec, index: int, label: int) -> tuple[np.ndarra
     r = max(s // 12, 3)  # radius / half side: ~1/6 of the frame side across
     pos = rng.uniform(r + 2, s - r - 2, size=2)
     vel = rng.uniform(-1.0, 1.0, size=2)
-    colour = np.array(PALETTE[list(PALETTE)[label // len(SHAPES)]], dtype=np.float64)
+    colour_name, shape = class_colour_shape(label)
+    colour = np.array(PALETTE[colour_name], dtype=np.float64)
     colour = np.clip(colour + rng.uniform(-15, 15, size=3), 0, 255)
     grey = float(rng.uniform(110, 150))
-    shape = SHAPES[label % len(SHAPES)]
     frames = np.empty((t, s, s, 3), dtype=np.uint8)
     masks = np.zeros((t, s, s), dtype=np.uint8)
     for f in range(t):
