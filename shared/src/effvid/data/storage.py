@@ -212,13 +212,24 @@ class LmdbStorage(VideoStorage):
         return int(self.meta(key)["num_frames"])
 
     def read_bytes(self, key: str, index: int) -> bytes:
-        self._check_index(key, index, self.num_frames(key))
-        value = self._txn_get(f"{key}/{index:06d}")
-        if value is None:
-            raise DataError(
-                f"LMDB {self.path}: video '{key}' frame {index} is missing (key '{key}/{index:06d}')"
-            )
-        return value
+        return self._read_many(key, [index])[0]
+
+    def _read_many(self, key: str, indices: Sequence[int]) -> list[bytes]:
+        count = self.num_frames(key)
+        for i in indices:
+            self._check_index(key, i, count)
+        with _lmdb_env(self.path).begin(buffers=False) as txn:  # one transaction per clip
+            values = [txn.get(f"{key}/{i:06d}".encode()) for i in indices]
+        for i, value in zip(indices, values):
+            if value is None:
+                raise DataError(f"LMDB {self.path}: video '{key}' frame {i} is missing (key '{key}/{i:06d}')")
+        return values  # type: ignore[return-value]
+
+    def read_frames(self, key: str, indices: Sequence[int]) -> list[np.ndarray]:
+        unique = sorted(set(indices))
+        encoded = self._read_many(key, unique)
+        decoded = {i: decode_image(data, where=self._where(key, i)) for i, data in zip(unique, encoded)}
+        return [decoded[i] for i in indices]
 
 
 def write_lmdb(
