@@ -29,19 +29,22 @@ def _model_for(cfg: InferConfig | TrainConfig):
     return model
 
 
-def run_infer(cfg: InferConfig, run_dir: Path) -> None:
-    model = _model_for(cfg)
-    dataset = build_dataset(cfg.data, num_classes=cfg.model.num_class)
-    result = evaluate_dataset(
+def _evaluate(cfg: InferConfig, model, dataset, **kwargs):
+    return evaluate_dataset(
         model,
         dataset,
         batch_size=cfg.data.batch_size,
         device=resolve_device(cfg.device),
         stream=cfg.stream,
         num_threads=cfg.data.num_workers,
-        max_steps=cfg.max_steps,
-        exits=not cfg.no_exit,
+        **kwargs,
     )
+
+
+def run_infer(cfg: InferConfig, run_dir: Path) -> None:
+    model = _model_for(cfg)
+    dataset = build_dataset(cfg.data, num_classes=cfg.model.num_class)
+    result = _evaluate(cfg, model, dataset, max_steps=cfg.max_steps, exits=not cfg.no_exit)
     result.write(run_dir)
     print(result.summary())
     print(f"outputs: {run_dir / 'metrics_eval.json'}, {run_dir / 'predictions.jsonl'}")
@@ -92,15 +95,7 @@ def run_sweep(cfg: SweepConfig, run_dir: Path) -> None:
     for threshold in cfg.thresholds:
         model = copy.deepcopy(base)
         model.gate_threshold = threshold
-        result = evaluate_dataset(
-            model,
-            dataset,
-            batch_size=cfg.data.batch_size,
-            device=resolve_device(cfg.device),
-            stream=cfg.stream,
-            num_threads=cfg.data.num_workers,
-            progress=False,
-        )
+        result = _evaluate(cfg, model, dataset, progress=False)
         m = result.metrics
         rows.append(
             {

@@ -1,0 +1,203 @@
+"""FrameExit inference speed: batched early exit vs the original's batch-1 loop, and the realised
+speed-up over the all-frames model compared with the MAC reduction.
+
+Two workloads:
+
+* ``--run DIR``: a ``frameexit-demo`` run directory - its trained gated model (``--beta``) on the
+  validation videos of its synthetic benchmark, read from storage (end to end: decoding included);
+* ``--backbone resnet50``: random weights at 224x224 on random frames held in memory (model only),
+  thresholds set so that about half the videos exit at the first frame.
+
+Strategies, on the same weights and data:
+  batched  - a batch advances step by step, exited videos leave the active set, frames decoded on demand;
+  batch-1  - the original's: one video at a time, all sampled frames decoded first, then step by step;
+  static   - the all-frames model (no exit), batched.
+``efficiency = (static time / batched time) / (static MACs / batched MACs)``; 1.0 means the MACs
+saved turn fully into time saved.
+
+    python benchmarks/bench_frameexit.py --run runs/demo [--beta 0.01]
+    python benchmarks/bench_frameexit.py --backbone resnet50 --videos 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import yaml
+
+from effvid.config import load_config
+from frameexit.config import CheckpointConfig, DemoConfig
+from frameexit.data import build_dataset
+from frameexit.evaluation import evaluate_dataset
+from frameexit.inference import early_exit, measure_unit_costs, video_macs
+from frameexit.model import FrameExitModel
+from frameexit.model_io import build_model, load_weights
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
+    return f"{cpu}, {os.cpu_count()} cores{gpu}; torch {torch.__version__}"
+
+
+def timed(fn, repeats: int) -> tuple[float, object]:
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, out
+
+
+def bench_run(run: Path, beta: float, repeats: int) -> None:
+    cfg = load_config(DemoConfig, [str(run / "config.yaml")])
+    k, t = cfg.model.num_class, cfg.data.num_frames
+    root = Path(cfg.root)
+    storage_path = root / {"frames": "frames", "lmdb": "frames.lmdb", "video": "videos"}[cfg.storage]
+    data = replace(
+        cfg.data,
+        name="list",
+        storage=cfg.storage,
+        path_frame=str(storage_path),
+        path_label=str(root / "val.txt"),
+        path_classid=str(root / "classes.txt"),
+    )
+    dataset = build_dataset(data, num_classes=k)
+    model = build_model(cfg.model, num_frames=t)
+    load_weights(model, CheckpointConfig(init=str(run / f"stage2-beta{beta:g}" / "model.pt")))
+    device = torch.device("cpu")
+    n = len(dataset)
+
+    def batched():
+        return evaluate_dataset(model, dataset, batch_size=cfg.data.batch_size, device=device, progress=False)
+
+    def static():
+        return evaluate_dataset(
+            model, dataset, batch_size=cfg.data.batch_size, device=device, exits=False, progress=False
+        )
+
+    def batch1():
+        # the original strategy: decode the whole clip, then run frame by frame with exits, one video at a time
+        used = []
+        for i in range(n):
+            clip = dataset[i]["video"][None]
+            used.append(early_exit(model, lambda a, s, c=clip: c[a, s], 1, device=device).exit_step)
+        return torch.cat(used)
+
+    tb, eb = timed(batched, repeats)
+    ts, es = timed(static, repeats)
+    t1, _ = timed(batch1, repeats)
+    report(
+        f"demo run {run} (beta={beta:g}), {n} videos from {cfg.storage}, end to end",
+        n,
+        tb,
+        t1,
+        ts,
+        eb.metrics["mean_gmacs"],
+        es.metrics["mean_gmacs"],
+    )
+
+
+def bench_resnet(backbone: str, videos: int, batch: int, repeats: int) -> None:
+    torch.manual_seed(0)
+    model = FrameExitModel(backbone=backbone, num_classes=200).eval()
+    clips = torch.randn(videos, 10, 3, 224, 224) * torch.linspace(0.5, 2.0, videos).view(-1, 1, 1, 1, 1)
+    with torch.no_grad():  # thresholds from the data: about half exit at step 0, gates split the rest
+        h = model.frame_features(clips[:, 0])
+        conf = torch.softmax(model.classifiers[0](h), 1).amax(1)
+        model.first_threshold = float(conf.median())
+        z1 = torch.maximum(model.frame_features(clips[:, 1]), h)
+        model.gate_threshold = float(torch.sigmoid(model.gates[0](z1, h)).median())
+    costs = measure_unit_costs(model, (3, 224, 224))
+
+    def batched():
+        steps = [
+            early_exit(model, lambda a, s, o=o: clips[o : o + batch][a, s], min(batch, videos - o)).exit_step
+            for o in range(0, videos, batch)
+        ]
+        return torch.cat(steps)
+
+    def static():
+        return torch.cat(
+            [
+                early_exit(
+                    model, lambda a, s, o=o: clips[o : o + batch][a, s], min(batch, videos - o), exits=False
+                ).exit_step
+                for o in range(0, videos, batch)
+            ]
+        )
+
+    def batch1():
+        return torch.cat(
+            [early_exit(model, lambda a, s, i=i: clips[i : i + 1][a, s], 1).exit_step for i in range(videos)]
+        )
+
+    tb, steps = timed(batched, repeats)
+    ts, steps_static = timed(static, repeats)
+    t1, _ = timed(batch1, repeats)
+    macs_b = video_macs(steps, costs, 10)["total"].double().mean().item() / 1e9
+    macs_s = video_macs(steps_static, costs, 10, exits=False)["total"].double().mean().item() / 1e9
+    report(
+        f"{backbone} at 224x224, random weights, {videos} videos in memory, model only",
+        videos,
+        tb,
+        t1,
+        ts,
+        macs_b,
+        macs_s,
+    )
+
+
+def report(title: str, n: int, tb: float, t1: float, ts: float, gmacs_b: float, gmacs_s: float) -> None:
+    print(f"\n{title}")
+    print(f"machine: {machine()}")
+    print(f"{'strategy':<28} {'videos/s':>9} {'GMACs/video':>12}")
+    print(f"{'batched early exit':<28} {n / tb:>9.1f} {gmacs_b:>12.4f}")
+    print(f"{'batch-1 loop (original)':<28} {n / t1:>9.1f} {gmacs_b:>12.4f}")
+    print(f"{'static, all frames':<28} {n / ts:>9.1f} {gmacs_s:>12.4f}")
+    speedup, reduction = ts / tb, gmacs_s / gmacs_b
+    print(f"batched vs batch-1: {t1 / tb:.2f}x faster")
+    print(
+        f"speed-up over all frames {speedup:.2f}x / MAC reduction {reduction:.2f}x = efficiency {speedup / reduction:.2f}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, help="a frameexit-demo run directory")
+    parser.add_argument(
+        "--beta", type=float, default=None, help="which gated model of the run (default: its beta)"
+    )
+    parser.add_argument("--backbone", default=None, help="model-only benchmark with this backbone at 224x224")
+    parser.add_argument("--videos", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    if args.run:
+        beta = (
+            args.beta
+            if args.beta is not None
+            else yaml.safe_load((args.run / "config.yaml").read_text())["beta"]
+        )
+        bench_run(args.run, beta, args.repeats)
+    if args.backbone:
+        bench_resnet(args.backbone, args.videos, args.batch, args.repeats)
+    if not args.run and not args.backbone:
+        parser.error("give --run DIR and/or --backbone NAME")
+
+
+if __name__ == "__main__":
+    main()
