@@ -181,3 +181,51 @@ def test_resumable_sampler_order_shards_and_skip():
     assert padded == [[0, 2, 4], [1, 3, 0]]
     with pytest.raises(ValueError, match="empty dataset"):
         ResumableSampler(0, shuffle=True)
+
+
+def test_run_distributed_under_torchrun(tmp_path):
+    import socket
+    import subprocess
+    import sys
+    import textwrap
+
+    script = tmp_path / "job.py"
+    script.write_text(
+        textwrap.dedent("""
+        import json, sys
+        import ignite.distributed as idist
+        import torch
+        from effvid.engine import run_distributed
+
+        def job(local_rank, out):
+            total = idist.all_reduce(torch.tensor([float(idist.get_rank() + 1)]))
+            if idist.get_rank() == 0:
+                with open(out, "w") as f:
+                    json.dump({"world": idist.get_world_size(), "backend": idist.backend(), "sum": float(total)}, f)
+
+        run_distributed(job, sys.argv[1], backend="gloo")
+    """)
+    )
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "out.json"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(port),
+            str(script),
+            str(out),
+        ],
+        check=True,
+        timeout=180,
+        capture_output=True,
+    )
+    assert json.loads(out.read_text()) == {"world": 2, "backend": "gloo", "sum": 3.0}
