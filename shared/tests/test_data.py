@@ -447,39 +447,12 @@ def test_mp4_folder_to_lmdb_dataset_with_two_commands(tmp_path, synth):
         (videos / name).write_bytes((synth["video"].storage_path / name).read_bytes())
     (videos / "broken.mp4").write_bytes(b"not a video")
     frames = tmp_path / "frames"
+    args = ["--videos", str(videos), "--frames", str(frames), "--short_side", "48", "--workers", "1"]
     with pytest.raises(SystemExit, match="1 of 3 videos failed"):
-        fire.Fire(
-            EXTRACT,
-            command=[
-                "--videos",
-                str(videos),
-                "--frames",
-                str(frames),
-                "--short_side",
-                "48",
-                "--workers",
-                "1",
-                "--output_dir",
-                str(tmp_path / "run1"),
-            ],
-        )
+        fire.Fire(EXTRACT, command=[*args, "--output_dir", str(tmp_path / "run1")])
     assert sorted(p.name for p in frames.iterdir()) == ["vid_00000.mp4", "vid_00001.mp4"]  # no partial folder
     (videos / "broken.mp4").unlink()
-    fire.Fire(
-        EXTRACT,
-        command=[
-            "--videos",
-            str(videos),
-            "--frames",
-            str(frames),
-            "--short_side",
-            "48",
-            "--workers",
-            "1",
-            "--output_dir",
-            str(tmp_path / "run2"),
-        ],
-    )  # resumes: nothing to do
+    fire.Fire(EXTRACT, command=[*args, "--output_dir", str(tmp_path / "run2")])  # resumes: nothing left to do
     folder = FrameFolderStorage(frames)
     assert folder.num_frames("vid_00000.mp4") == 8
     assert folder.read_frames("vid_00000.mp4", [0])[0].shape == (48, 48, 3)
