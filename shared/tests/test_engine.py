@@ -7,6 +7,7 @@ import json
 import ignite.distributed as idist
 import pytest
 import torch
+from conftest import free_port
 from ignite.engine import Events
 from torch import nn
 from torch.utils.data import Dataset
@@ -137,7 +138,7 @@ def test_two_process_gloo_evaluation_equals_one_process(tmp_path):
     _ddp_eval(0, str(weights), str(one))
     two = tmp_path / "two"
     two.mkdir()
-    with idist.Parallel(backend="gloo", nproc_per_node=2) as parallel:
+    with idist.Parallel(backend="gloo", nproc_per_node=2, master_port=free_port()) as parallel:
         parallel.run(_ddp_eval, str(weights), str(two))
     a = json.loads((one / "result.json").read_text())
     b = json.loads((two / "result.json").read_text())
@@ -184,7 +185,6 @@ def test_resumable_sampler_order_shards_and_skip():
 
 
 def test_run_distributed_under_torchrun(tmp_path):
-    import socket
     import subprocess
     import sys
     import textwrap
@@ -206,9 +206,7 @@ def test_run_distributed_under_torchrun(tmp_path):
         run_distributed(job, sys.argv[1], backend="gloo")
     """)
     )
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     out = tmp_path / "out.json"
     subprocess.run(
         [
@@ -229,3 +227,19 @@ def test_run_distributed_under_torchrun(tmp_path):
         capture_output=True,
     )
     assert json.loads(out.read_text()) == {"world": 2, "backend": "gloo", "sum": 3.0}
+
+
+def _ddp_train(local_rank, run_dir, out_path):
+    model, _, _ = train(run_dir, epochs=2)
+    if idist.get_rank() == 0:
+        torch.save(model.state_dict(), out_path)
+
+
+def test_two_process_training_equals_one_process_on_the_total_batch(tmp_path):
+    single, _, _ = train(tmp_path / "one", epochs=2)
+    out = tmp_path / "ddp.pt"
+    with idist.Parallel(backend="gloo", nproc_per_node=2, master_port=free_port()) as parallel:
+        parallel.run(_ddp_train, str(tmp_path / "two"), str(out))
+    ddp = torch.load(out, weights_only=True)
+    for name, value in single.state_dict().items():
+        torch.testing.assert_close(ddp[name], value, rtol=1e-4, atol=1e-5, msg=name)

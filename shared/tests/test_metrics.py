@@ -8,6 +8,7 @@ import math
 import ignite.distributed as idist
 import pytest
 import torch
+from conftest import free_port
 from ignite.exceptions import NotComputableError
 from sklearn.metrics import average_precision_score
 
@@ -133,7 +134,7 @@ def _ddp_worker(local_rank, out_path):
 def test_two_process_gloo_equals_one_process(tmp_path):
     single = _all_metrics(*_data())
     out = tmp_path / "ddp.json"
-    with idist.Parallel(backend="gloo", nproc_per_node=2) as parallel:
+    with idist.Parallel(backend="gloo", nproc_per_node=2, master_port=free_port()) as parallel:
         parallel.run(_ddp_worker, str(out))
     ddp = json.loads(out.read_text())
     assert ddp.pop("world") == 2

@@ -89,6 +89,12 @@ def setup_trainer(
     forward under :func:`autocast`, backward (through a GradScaler for fp16), optional gradient
     clipping, optimiser step, then the scheduler per iteration. Output: ``{"loss": float, **logs}``.
 
+    Data parallel without a wrapper: under ``ignite.distributed`` with several processes, rank 0's
+    weights are broadcast at setup and gradients are averaged over processes after every backward,
+    so ``loss_fn`` may call any method of the model (not only ``forward``). With
+    :func:`make_dataloader` shards of equal size this equals one process on the total batch.
+    BatchNorm statistics stay per process (as with DDP's default); checkpoints come from rank 0.
+
     Attached: a progress bar, TensorBoard scalars in ``run_dir/tb`` (rank 0), and checkpoints of
     model, optimiser, scheduler, scaler, trainer and ``to_save_extra`` in ``run_dir/checkpoints``
     every ``cfg.checkpoint_every`` iterations and at each epoch end, written atomically. If the
@@ -101,6 +107,11 @@ def setup_trainer(
     device = resolve_device(cfg.device)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16")
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    world = idist.get_world_size()
+    if world > 1:  # every process starts from rank 0's weights
+        with torch.no_grad():
+            for tensor in model.state_dict().values():
+                tensor.copy_(idist.broadcast(tensor, src=0))
 
     def step(engine: Engine, batch: Any) -> dict[str, float]:
         if trainable is None:
@@ -111,6 +122,10 @@ def setup_trainer(
         with autocast(device, cfg.amp):
             loss, logs = loss_fn(batch)
         scaler.scale(loss).backward()
+        if world > 1:  # data parallel: average the gradients of all processes
+            for p in params:
+                if p.grad is not None:
+                    p.grad.copy_(idist.all_reduce(p.grad) / world)
         if cfg.grad_clip > 0:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
