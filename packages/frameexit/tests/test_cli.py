@@ -14,7 +14,7 @@ import torch
 import yaml
 from original_reference import OriginalFrameExit, randomise
 
-from effvid.data import LmdbStorage, SyntheticSpec, generate
+from effvid.data import SyntheticSpec, generate
 from frameexit.cli import CONVERT, INFER, SWEEP, TRAIN
 from frameexit.config import DataConfig
 from frameexit.data import build_dataset
@@ -136,16 +136,20 @@ def test_streaming_decodes_only_the_frames_used(trained, monkeypatch):
     dataset = build_dataset(data, num_classes=4)
     model = build_model(yaml_model(), num_frames=4)
     model.first_threshold = 0.0  # every video exits after its first frame
-    reads = []
-    original = LmdbStorage.read_bytes
+    import effvid.data.storage as storage_module
+
+    decoded = []
+    original = storage_module.decode_image
     monkeypatch.setattr(
-        LmdbStorage, "read_bytes", lambda self, key, i: reads.append((key, i)) or original(self, key, i)
+        storage_module,
+        "decode_image",
+        lambda data, *, where: decoded.append(where) or original(data, where=where),
     )
     result = evaluate_dataset(
         model, dataset, batch_size=3, device=torch.device("cpu"), stream=True, progress=False
     )
     used = sum(r["frames_used"] for r in result.rows)
-    assert used == len(dataset) and len(reads) == used + 1  # +1: the frame-shape probe of frame 0
+    assert used == len(dataset) and len(decoded) == used + 1  # +1: the frame-shape probe of frame 0
 
 
 def yaml_model():
