@@ -15,7 +15,7 @@ Strategies, on the same weights and data:
 ``efficiency = (static time / batched time) / (static MACs / batched MACs)``; 1.0 means the MACs
 saved turn fully into time saved.
 
-    python benchmarks/bench_frameexit.py --run runs/demo [--beta 0.01]
+    python benchmarks/bench_frameexit.py --run runs/demo --beta 0.003
     python benchmarks/bench_frameexit.py --backbone resnet50 --videos 32
 """
 
@@ -179,7 +179,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, help="a frameexit-demo run directory")
     parser.add_argument(
-        "--beta", type=float, default=None, help="which gated model of the run (default: its beta)"
+        "--beta", type=float, default=None, help="which gated model of the run (a beta of its sweep)"
     )
     parser.add_argument("--backbone", default=None, help="model-only benchmark with this backbone at 224x224")
     parser.add_argument("--videos", type=int, default=32)
@@ -187,12 +187,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     if args.run:
-        beta = (
-            args.beta
-            if args.beta is not None
-            else yaml.safe_load((args.run / "config.yaml").read_text())["beta"]
-        )
-        bench_run(args.run, beta, args.repeats)
+        betas = yaml.safe_load((args.run / "config.yaml").read_text())["betas"]
+        if args.beta is None or args.beta not in betas:
+            parser.error(f"--run needs --beta, one of the run's sweep: {betas}")
+        bench_run(args.run, args.beta, args.repeats)
     if args.backbone:
         bench_resnet(args.backbone, args.videos, args.batch, args.repeats)
     if not args.run and not args.backbone:

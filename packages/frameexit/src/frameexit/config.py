@@ -108,7 +108,10 @@ class DemoConfig(RunConfig):
     stage1: EngineConfig = option(doc="stage-1 and baseline training", default_factory=EngineConfig)
     stage2: EngineConfig = option(doc="stage-2 (gate) training", default_factory=EngineConfig)
     lr: float = option(2e-3, "Adam learning rate")
+    finetune_epochs: int = option(
+        6, "stage 1 = the baseline fine-tuned with every step's classifier for this many epochs"
+    )
+    finetune_lr: float = option(5e-4, "learning rate of that fine-tuning")
     betas: list[float] = option(
         doc="beta values of the trade-off sweep", default_factory=lambda: [1e-3, 1e-2, 1e-1]
     )
-    beta: float = option(1e-2, "the beta reported in the table")
