@@ -290,3 +290,59 @@ def test_shipped_configs_resolve(capsys):
         command = TRAIN if name.startswith("synthetic") else INFER
         fire.Fire(command, command=[str(CONFIGS / name), "--print_config"])
         assert "path_frame" in capsys.readouterr().out
+
+
+def test_demo_end_to_end_tiny(tmp_path, monkeypatch, capsys):
+    from frameexit.cli import DEMO
+
+    monkeypatch.chdir(tmp_path)
+    fast = ["--epochs", "1", "--batch_size", "8", "--progress", "False"]
+    fire.Fire(
+        DEMO,
+        command=[
+            "--root",
+            "synth",
+            "--storage",
+            "frames",
+            "--num_videos",
+            "16",
+            "--model.num_class",
+            "4",
+            "--model.backbone",
+            "tiny_cnn",
+            "--model.backbone_width",
+            "4",
+            "--model.hidden",
+            "16",
+            "--data.num_frames",
+            "4",
+            "--data.order",
+            "[2,0,3,1]",
+            "--data.batch_size",
+            "8",
+            "--data.transform.style",
+            "standard",
+            "--data.transform.resize",
+            "64",
+            "--data.transform.crop",
+            "64",
+            *[a.replace("--", "--stage1.") if a.startswith("--") else a for a in fast],
+            *[a.replace("--", "--stage2.") if a.startswith("--") else a for a in fast],
+            "--finetune_epochs",
+            "1",
+            "--betas",
+            "[0.1]",
+            "--output_dir",
+            "run",
+        ],
+    )
+    out = capsys.readouterr().out
+    assert "FrameExit without exit (4 frames)" in out and "FrameExit, beta=0.1" in out
+    assert ("Target met" in out) or ("Target NOT met" in out)
+    rows = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert [r["method"] for r in rows][-1] == "FrameExit, beta=0.1" and len(
+        rows
+    ) == 5  # 2 models, k=1,2, 1 beta
+    assert (tmp_path / "run" / "tradeoff.png").is_file() and (
+        tmp_path / "run" / "stage1" / "model.pt"
+    ).is_file()

@@ -54,7 +54,15 @@ def run_train(cfg: TrainConfig, run_dir: Path) -> None:
     model = _model_for(cfg)
     dataset = build_dataset(cfg.data, num_classes=cfg.model.num_class, train=True)
     if cfg.stage == 1:
-        train_stage1(model, dataset, cfg.engine, run_dir, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        train_stage1(
+            model,
+            dataset,
+            cfg.engine,
+            run_dir,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            last_step_only=cfg.all_frames_only,
+        )
     elif cfg.stage == 2:
         if cfg.checkpoint.init is None:
             print("warning: stage 2 without --checkpoint.init trains gates on an untrained classifier")

@@ -80,6 +80,9 @@ class TrainConfig(RunConfig):
         doc="initial weights (stage 2 starts from stage 1)", default_factory=CheckpointConfig
     )
     stage: int = option(1, "1: backbone + MLP + classifiers; 2: exit gates only")
+    all_frames_only: bool = option(
+        False, "stage 1: train only the last step's classifier (the static all-frames model)"
+    )
     beta: float = option(1e-3, "stage 2: gate pseudo-label tolerance beta * exp(t/2)")
     lr: float = option(1e-3, "Adam learning rate")
     weight_decay: float = option(0.0, "Adam weight decay")
