@@ -346,3 +346,31 @@ def test_demo_end_to_end_tiny(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "run" / "tradeoff.png").is_file() and (
         tmp_path / "run" / "stage1" / "model.pt"
     ).is_file()
+
+
+def test_train_with_two_gloo_processes(trained, capfd):
+    out = trained["root"] / "ddp"
+    fire.Fire(
+        TRAIN,
+        command=[
+            str(trained["cfg"]),
+            "--output_dir",
+            str(out),
+            "--engine.epochs",
+            "1",
+            "--engine.batch_size",
+            "4",
+            "--engine.progress",
+            "False",
+            "--engine.backend",
+            "gloo",
+            "--engine.nproc_per_node",
+            "2",
+        ],
+    )
+    assert "trained on 2 process(es)" in capfd.readouterr().out
+    before = torch.load(trained["root"] / "s1" / "model.pt", weights_only=True)["state_dict"]
+    after = torch.load(out / "model.pt", weights_only=True)["state_dict"]
+    assert set(after) == set(before) and not torch.equal(
+        after["classifiers.0.weight"], before["classifiers.0.weight"]
+    )

@@ -8,9 +8,11 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
+import ignite.distributed as idist
+
 from effvid.cli import build_command, run_cli
 from effvid.config import MISSING, RunConfig, config_to_yaml, option
-from effvid.engine import resolve_device
+from effvid.engine import resolve_device, run_distributed
 from effvid.io import atomic_write_text
 from effvid.plots import Series, plot_tradeoff
 from frameexit.config import InferConfig, ModelConfig, SweepConfig, TrainConfig
@@ -50,7 +52,8 @@ def run_infer(cfg: InferConfig, run_dir: Path) -> None:
     print(f"outputs: {run_dir / 'metrics_eval.json'}, {run_dir / 'predictions.jsonl'}")
 
 
-def run_train(cfg: TrainConfig, run_dir: Path) -> None:
+def _train_process(local_rank: int, cfg: TrainConfig, run_dir: Path) -> None:
+    """One training process (the only one without a distributed backend)."""
     model = _model_for(cfg)
     dataset = build_dataset(cfg.data, num_classes=cfg.model.num_class, train=True)
     if cfg.stage == 1:
@@ -63,14 +66,22 @@ def run_train(cfg: TrainConfig, run_dir: Path) -> None:
             weight_decay=cfg.weight_decay,
             last_step_only=cfg.all_frames_only,
         )
-    elif cfg.stage == 2:
-        if cfg.checkpoint.init is None:
-            print("warning: stage 2 without --checkpoint.init trains gates on an untrained classifier")
-        train_stage2(model, dataset, cfg.engine, run_dir, beta=cfg.beta, lr=cfg.lr)
     else:
+        train_stage2(model, dataset, cfg.engine, run_dir, beta=cfg.beta, lr=cfg.lr)
+    if idist.get_rank() == 0:
+        save_model(model, run_dir / "model.pt", config_yaml=config_to_yaml(cfg))
+        print(f"trained on {idist.get_world_size()} process(es); saved {run_dir / 'model.pt'}")
+
+
+def run_train(cfg: TrainConfig, run_dir: Path) -> None:
+    if cfg.stage not in (1, 2):
         raise ValueError(f"stage must be 1 or 2, got {cfg.stage}")
-    save_model(model, run_dir / "model.pt", config_yaml=config_to_yaml(cfg))
-    print(f"saved {run_dir / 'model.pt'}")
+    if cfg.stage == 2 and cfg.checkpoint.init is None:
+        print("warning: stage 2 without --checkpoint.init trains gates on an untrained classifier")
+    # one process, spawned processes (--engine.backend gloo|nccl --engine.nproc_per_node N), or torchrun's
+    run_distributed(
+        _train_process, cfg, run_dir, backend=cfg.engine.backend, nproc_per_node=cfg.engine.nproc_per_node
+    )
 
 
 @dataclass
