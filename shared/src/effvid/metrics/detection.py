@@ -18,6 +18,14 @@ from effvid.metrics._gather import gather_rows
 __all__ = ["CocoAP50"]
 
 
+def _rows(image: float, boxes: Any, *columns: Any) -> torch.Tensor:
+    """One image's boxes as float64 rows ``[image, column..., x1, y1, x2, y2]``."""
+    xyxy = torch.as_tensor(boxes, dtype=torch.float64).reshape(-1, 4)
+    n = xyxy.shape[0]
+    extra = [torch.as_tensor(c, dtype=torch.float64).reshape(n, 1) for c in columns]
+    return torch.cat([torch.full((n, 1), image, dtype=torch.float64), *extra, xyxy], dim=1)
+
+
 class CocoAP50(Metric):
     """COCO-style AP@IoU0.5 (101-point interpolated, averaged over classes) via ``COCOeval``.
 
@@ -41,31 +49,8 @@ class CocoAP50(Metric):
         for pred, tgt in zip(predictions, targets):
             image = float(self._images)
             self._images += 1
-            boxes = torch.as_tensor(pred["boxes"], dtype=torch.float64).reshape(-1, 4)
-            n = boxes.shape[0]
-            self._dets.append(
-                torch.cat(
-                    [
-                        torch.full((n, 1), image, dtype=torch.float64),
-                        torch.as_tensor(pred["labels"], dtype=torch.float64).reshape(n, 1),
-                        torch.as_tensor(pred["scores"], dtype=torch.float64).reshape(n, 1),
-                        boxes,
-                    ],
-                    dim=1,
-                )
-            )
-            gboxes = torch.as_tensor(tgt["boxes"], dtype=torch.float64).reshape(-1, 4)
-            m = gboxes.shape[0]
-            self._gts.append(
-                torch.cat(
-                    [
-                        torch.full((m, 1), image, dtype=torch.float64),
-                        torch.as_tensor(tgt["labels"], dtype=torch.float64).reshape(m, 1),
-                        gboxes,
-                    ],
-                    dim=1,
-                )
-            )
+            self._dets.append(_rows(image, pred["boxes"], pred["labels"], pred["scores"]))
+            self._gts.append(_rows(image, tgt["boxes"], tgt["labels"]))
 
     def compute(self) -> float:
         from pycocotools.coco import COCO
