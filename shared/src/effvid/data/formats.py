@@ -9,7 +9,12 @@ Formats (facts from the original repositories):
 * Kinetics CSV (``label,youtube_id,time_start,time_end,split[,is_cc]``): keys
   ``<ytid>_<start:06d>_<end:06d>.mp4``; Mini-Kinetics = these rows restricted to a 200-class list
   (and the AR-Net/AdaFuse split file);
-* FCVID (239 classes) and Mini-Sports1M (487 classes): generic lists with their separators;
+* FCVID (239 classes) and Mini-Sports1M (487 classes): the lists the VideoIQ/AdaFocus authors used
+  (generic lists with their separators), and the official annotations: FCVID's
+  ``FCVID_VideoName_TrainTestSplit.txt`` (``path train|test``) + ``FCVID_Label.txt`` (one row of 239
+  0/1 values per video, same order); Sports-1M's ``train_partition.txt``/``test_partition.txt``
+  (``URL label,label...``) + ``labels.txt`` (487 names), restricted to a subset of YouTube ids
+  (Mini-Sports1M: the AdaMML id lists);
 * Cityscapes sequences: see :func:`read_cityscapes`.
 """
 
@@ -36,10 +41,14 @@ __all__ = [
     "read_cityscapes",
     "read_class_list",
     "read_fcvid",
+    "read_fcvid_official",
     "read_generic_list",
     "read_kinetics_csv",
     "read_minisports1m",
     "read_split_file",
+    "read_sports1m_partition",
+    "read_youtube_ids",
+    "youtube_id",
 ]
 
 log = logging.getLogger(__name__)
@@ -125,19 +134,155 @@ def read_generic_list(
     return records
 
 
+FCVID_NUM_CLASSES = 239
+SPORTS1M_NUM_CLASSES = 487
+
+
 def read_fcvid(path: str | os.PathLike[str], *, style: str = "videoiq") -> list[VideoRecord]:
     """FCVID lists: VideoIQ's ``path start end label...`` (spaces) or AdaFocus's
     ``dir,num_frames,label[,label...]`` (``style="adafocus"``). 239 classes, multi-label."""
     if style == "videoiq":
-        return read_generic_list(path, columns="start_end", num_classes=239)
+        return read_generic_list(path, columns="start_end", num_classes=FCVID_NUM_CLASSES)
     if style == "adafocus":
-        return read_generic_list(path, sep=",", num_classes=239)
+        return read_generic_list(path, sep=",", num_classes=FCVID_NUM_CLASSES)
     raise ValueError(f"FCVID list style must be videoiq or adafocus, got '{style}'")
 
 
 def read_minisports1m(path: str | os.PathLike[str]) -> list[VideoRecord]:
     """Mini-Sports1M (VideoIQ): ``path;start;end;label``, 487 classes."""
-    return read_generic_list(path, sep=";", columns="start_end", num_classes=487)
+    return read_generic_list(path, sep=";", columns="start_end", num_classes=SPORTS1M_NUM_CLASSES)
+
+
+def read_fcvid_official(
+    split_path: str | os.PathLike[str],
+    label_path: str | os.PathLike[str],
+    *,
+    subset: str = "test",
+    key: str = "name",
+    num_classes: int = FCVID_NUM_CLASSES,
+) -> list[VideoRecord]:
+    """FCVID's official annotations: ``FCVID_VideoName_TrainTestSplit.txt`` (``<video path>
+    train|test`` per line) and ``FCVID_Label.txt`` (row i: the 0/1 labels of line i's video, one
+    column per class, whitespace-separated). Returns the ``subset`` videos with every positive
+    class; the key is the video file's name (``key="name"``, how ``extract-frames`` names frame
+    folders) or its path as listed (``key="path"``)."""
+    if subset not in ("train", "test"):
+        raise ValueError(f"FCVID subset must be train or test, got '{subset}'")
+    if key not in ("name", "path"):
+        raise ValueError(f"key must be 'name' or 'path', got '{key}'")
+    split_lines = _read_lines(split_path, "FCVID split file")
+    label_lines = _read_lines(label_path, "FCVID label file")
+    if len(split_lines) != len(label_lines):
+        raise DataError(
+            f"FCVID: {split_path} lists {len(split_lines)} videos but {label_path} has "
+            f"{len(label_lines)} label rows (expected one row per video, in the same order)"
+        )
+    records, seen = [], {}
+    for lineno, (line, row) in enumerate(zip(split_lines, label_lines), 1):
+        fields = line.rsplit(None, 1)
+        if len(fields) != 2 or fields[1] not in ("train", "test"):
+            raise DataError(f"{split_path}:{lineno}: expected '<video path> train|test', got '{line}'")
+        try:
+            values = [float(v) for v in row.split()]
+        except ValueError:
+            raise DataError(
+                f"{label_path}:{lineno}: expected {num_classes} numbers 0/1, got '{row[:80]}'"
+            ) from None
+        if len(values) != num_classes or any(v not in (0.0, 1.0) for v in values):
+            raise DataError(
+                f"{label_path}:{lineno}: expected {num_classes} values, each 0 or 1, got {len(values)} "
+                f"values {sorted(set(values))[:4]}"
+            )
+        if fields[1] != subset:
+            continue
+        labels = tuple(i for i, v in enumerate(values) if v == 1.0)
+        name = fields[0] if key == "path" else Path(fields[0]).name
+        if not labels:
+            raise DataError(f"{label_path}:{lineno}: video '{fields[0]}' has no positive label")
+        if name in seen:
+            raise DataError(
+                f"{split_path}:{lineno}: video key '{name}' also names line {seen[name]}; use key='path'"
+            )
+        seen[name] = lineno
+        records.append(VideoRecord(name, None, labels))
+    if not records:
+        raise DataError(f"{split_path}: no video in subset '{subset}'")
+    return records
+
+
+_YOUTUBE_ID = re.compile(r"(?:[?&]v=|youtu\.be/|/embed/|/shorts/)([A-Za-z0-9_-]{11})(?![A-Za-z0-9_-])")
+_BARE_ID = re.compile(r"[A-Za-z0-9_-]{11}")
+
+
+def youtube_id(text: str) -> str | None:
+    """The video id of a YouTube URL (``watch?v=``, ``youtu.be/``, ``embed/``) or of a bare
+    11-character id; ``None`` if there is none."""
+    if _BARE_ID.fullmatch(text):
+        return text
+    match = _YOUTUBE_ID.search(text)
+    return match.group(1) if match else None
+
+
+def read_youtube_ids(path: str | os.PathLike[str]) -> list[str]:
+    """A subset file: one video per line, its first field (whitespace or comma separated) a YouTube
+    URL or id; further fields are ignored. Used for Mini-Sports1M's id lists."""
+    ids, seen = [], set()
+    for lineno, line in enumerate(_read_lines(path, "YouTube id list"), 1):
+        first = re.split(r"[\s,;]+", line, maxsplit=1)[0]
+        vid = youtube_id(first)
+        if vid is None:
+            raise DataError(
+                f"{path}:{lineno}: expected a YouTube URL or 11-character id first, got '{first}'"
+            )
+        if vid not in seen:
+            seen.add(vid)
+            ids.append(vid)
+    if not ids:
+        raise DataError(f"YouTube id list {path} lists no video")
+    return ids
+
+
+def read_sports1m_partition(
+    path: str | os.PathLike[str],
+    *,
+    ids: Sequence[str] | None = None,
+    key_template: str = "{id}.mp4",
+    num_classes: int = SPORTS1M_NUM_CLASSES,
+) -> list[VideoRecord]:
+    """Sports-1M's official ``train_partition.txt`` / ``test_partition.txt``: ``<YouTube URL>
+    <label,label,...>`` per line (indices into ``labels.txt``). ``ids`` restricts and orders the
+    videos (Mini-Sports1M). A URL listed twice gets the union of its labels (logged). Keys are
+    ``key_template.format(id=...)``, the downloaded file's name."""
+    labels_of: dict[str, list[int]] = {}
+    repeated = 0
+    for lineno, line in enumerate(_read_lines(path, "Sports-1M partition file"), 1):
+        fields = line.split()
+        vid = youtube_id(fields[0]) if len(fields) == 2 else None
+        if vid is None:
+            raise DataError(f"{path}:{lineno}: expected '<YouTube URL> <label,label,...>', got '{line}'")
+        try:
+            labels = [int(v) for v in fields[1].split(",") if v]
+        except ValueError:
+            raise DataError(f"{path}:{lineno}: labels must be integers, got '{fields[1]}'") from None
+        if not labels or any(not 0 <= lab < num_classes for lab in labels):
+            raise DataError(
+                f"{path}:{lineno}: video '{vid}' needs labels in [0, {num_classes}), got {labels}"
+            )
+        if vid in labels_of:
+            repeated += 1
+            log.info("%s:%d: video '%s' listed again; merging its labels", path, lineno, vid)
+        labels_of.setdefault(vid, []).extend(labels)
+    if repeated:
+        log.warning("%s: %d videos are listed more than once; their labels were merged", path, repeated)
+    order = list(ids) if ids is not None else list(labels_of)
+    records = []
+    for vid in order:
+        if vid not in labels_of:
+            raise DataError(f"{path}: video '{vid}' of the subset is not in the partition file")
+        records.append(VideoRecord(key_template.format(id=vid), None, tuple(sorted(set(labels_of[vid])))))
+    if not records:
+        raise DataError(f"{path}: no video listed")
+    return records
 
 
 def read_activitynet(

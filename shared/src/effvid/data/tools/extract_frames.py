@@ -39,6 +39,9 @@ class ExtractConfig(RunConfig):
         doc="video file extensions", default_factory=lambda: [".mp4", ".mkv", ".webm", ".avi", ".mov"]
     )
     workers: int = option(2, "parallel processes")
+    recursive: bool = option(
+        False, "also find videos in sub-folders (e.g. one per class); frame folders stay flat, by file name"
+    )
 
 
 def _resize(rgb, short_side: int | None):
@@ -96,9 +99,19 @@ def _run(cfg: ExtractConfig, run_dir: Path) -> None:
     if not root.is_dir():
         raise DataError(f"video folder not found: {root}")
     exts = {e.lower() for e in cfg.extensions}
-    videos = sorted(p for p in root.iterdir() if p.suffix.lower() in exts and p.is_file())
+    candidates = root.rglob("*") if cfg.recursive else root.iterdir()
+    videos = sorted(p for p in candidates if p.suffix.lower() in exts and p.is_file())
     if not videos:
-        raise DataError(f"no video with extension {sorted(exts)} in {root}")
+        where = f"{root} or its sub-folders" if cfg.recursive else str(root)
+        raise DataError(f"no video with extension {sorted(exts)} in {where}")
+    first_of: dict[str, Path] = {}
+    for v in videos:
+        if v.name in first_of:
+            raise DataError(
+                f"two videos are both named '{v.name}' ({first_of[v.name]} and {v}); frame folders are "
+                "named by file name, so rename one"
+            )
+        first_of[v.name] = v
     todo = [v for v in videos if not (out / v.name).is_dir()]
     print(f"extract-frames: {len(videos)} videos, {len(videos) - len(todo)} already done, {len(todo)} to do")
     kw = {"fps": cfg.fps, "short_side": cfg.short_side, "quality": cfg.quality, "template": cfg.template}
