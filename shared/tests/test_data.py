@@ -27,6 +27,7 @@ from effvid.data import (
     VideoRecord,
     apply_order,
     build_transform,
+    close_lmdb_envs,
     decode_image,
     dense_clip_indices,
     encode_jpeg,
@@ -127,6 +128,10 @@ def test_frames_and_lmdb_hold_identical_bytes_and_video_is_close(synth):
     video = open_storage("video", synth["video"].storage_path)
     assert folder.keys() == db.keys() == [k.removesuffix(".mp4") for k in video.keys()]
     assert folder.read_bytes("vid_00003", 5) == db.read_bytes("vid_00003", 5)
+    clip = db.read_bytes_many("vid_00003", [7, 0, 7])
+    assert clip == folder.read_bytes_many("vid_00003", [7, 0, 7]) and clip[0] == clip[2] != clip[1]
+    with pytest.raises(DataError, match=r"video 'vid_00003': frame 8 requested but the video has 8 frames"):
+        db.read_bytes_many("vid_00003", [0, 8])
     a = folder.read_frames("vid_00003", [5])[0].astype(int)
     b = video.read_frames("vid_00003.mp4", [5])[0].astype(int)
     assert a.shape == b.shape and np.abs(a - b).mean() < 12  # both lossy codecs of one frame
@@ -346,6 +351,22 @@ def test_lmdb_without_key(synth, tmp_path):
         holey.read_frames("a", [3])
     with pytest.raises(DataError, match="LMDB not found"):
         LmdbStorage(tmp_path / "none.lmdb")
+
+
+def test_lmdb_readahead_option_and_closing_maps(tmp_path):
+    frames = [encode_jpeg(np.full((16, 16, 3), v, np.uint8)) for v in (0, 100, 200)]
+    write_lmdb(tmp_path / "ra.lmdb", [("v", frames, (16, 16))], map_size=1 << 20)
+    plain = LmdbStorage(tmp_path / "ra.lmdb")
+    assert plain.read_bytes_many("v", [2, 0]) == [frames[2], frames[0]]
+    ahead = open_storage("lmdb", tmp_path / "ra.lmdb", readahead=True)
+    with pytest.raises(
+        DataError, match=r"already open in this process with readahead=False; call .*close_lmdb_envs"
+    ):
+        ahead.read_bytes("v", 1)
+    assert close_lmdb_envs(tmp_path / "ra.lmdb") == 1
+    assert ahead.read_bytes("v", 1) == frames[1]  # reopened with readahead
+    assert close_lmdb_envs() >= 1
+    assert plain.read_frames("v", [1])[0][0, 0].tolist() == decode_image(frames[1], where="x")[0, 0].tolist()
 
 
 def test_list_naming_missing_video_raises_or_skips_with_log(synth, caplog):

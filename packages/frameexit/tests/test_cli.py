@@ -14,7 +14,7 @@ import torch
 import yaml
 from original_reference import OriginalFrameExit, randomise
 
-from effvid.data import SyntheticSpec, generate
+from effvid.data import SyntheticSpec, close_lmdb_envs, generate
 from frameexit.cli import CONVERT, INFER, SWEEP, TRAIN
 from frameexit.config import DataConfig
 from frameexit.data import build_dataset
@@ -150,6 +150,24 @@ def test_streaming_decodes_only_the_frames_used(trained, monkeypatch):
     )
     used = sum(r["frames_used"] for r in result.rows)
     assert used == len(dataset) and len(decoded) == used + 1  # +1: the frame-shape probe of frame 0
+
+
+def test_lmdb_readahead_option_reaches_the_storage(trained):
+    info = trained["infos"]["lmdb"]
+    data = DataConfig(
+        name="list",
+        storage="lmdb",
+        path_frame=str(info.storage_path),
+        path_label=str(info.val_list),
+        num_frames=4,
+        order=[0, 1, 2, 3],
+    )
+    assert build_dataset(data, num_classes=4).storage.readahead is False
+    data.lmdb_readahead = True
+    close_lmdb_envs()  # one process maps a database once: other tests opened it without readahead
+    dataset = build_dataset(data, num_classes=4)
+    assert dataset.storage.readahead is True and dataset[0]["video"].shape[0] == 4
+    close_lmdb_envs()
 
 
 def yaml_model():

@@ -35,6 +35,9 @@ class DataConfig:
     path_label: str | None = option(None, "ActivityNet JSON, Kinetics CSV, or the generic list")
     path_classid: str | None = option(None, "class names, one per line (the line is the class index)")
     frame_pattern: str | None = option(None, "glob of frame file names (the original read only *.jpeg)")
+    lmdb_readahead: bool = option(
+        False, "storage lmdb: let the kernel read ahead (faster from a cold cache; see benchmarks/data.md)"
+    )
     num_frames: int = option(10, "frames sampled uniformly per video (T)")
     order: list[int] = option(
         doc="processing order over the sampled frames", default_factory=lambda: list(FRAMEEXIT_ORDER)

@@ -32,7 +32,11 @@ def build_dataset(cfg: DataConfig, *, num_classes: int, train: bool = False) -> 
     uniformly sampled frames (FrameExit's rule) in ``order``."""
     if sorted(cfg.order) != list(range(cfg.num_frames)):
         raise DataError(f"data.order {cfg.order} must be a permutation of 0..{cfg.num_frames - 1}")
-    kwargs = {"pattern": cfg.frame_pattern} if cfg.storage == "frames" and cfg.frame_pattern else {}
+    kwargs: dict[str, object] = {}
+    if cfg.storage == "frames" and cfg.frame_pattern:
+        kwargs["pattern"] = cfg.frame_pattern
+    if cfg.storage == "lmdb" and cfg.lmdb_readahead:
+        kwargs["readahead"] = True
     storage = open_storage(cfg.storage, cfg.path_frame, **kwargs)
     multi_label = False
     if cfg.name == "activitynet1.3":

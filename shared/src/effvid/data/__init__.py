@@ -35,6 +35,7 @@ from effvid.data.storage import (
     StorageKind,
     VideoFileStorage,
     VideoStorage,
+    close_lmdb_envs,
     open_storage,
     write_lmdb,
 )
@@ -61,6 +62,7 @@ __all__ = [
     "apply_order",
     "build_transform",
     "check_records",
+    "close_lmdb_envs",
     "decode_image",
     "dense_clip_indices",
     "encode_jpeg",
