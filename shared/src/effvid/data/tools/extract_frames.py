@@ -36,7 +36,20 @@ class ExtractConfig(RunConfig):
     quality: int = option(95, "JPEG quality")
     template: str = option("image_{:05d}.jpg", "frame file name; numbered from 1")
     extensions: list[str] = option(
-        doc="video file extensions", default_factory=lambda: [".mp4", ".mkv", ".webm", ".avi", ".mov"]
+        doc="video file extensions",
+        default_factory=lambda: [
+            ".mp4",
+            ".mkv",
+            ".webm",
+            ".avi",
+            ".mov",
+            ".flv",
+            ".m4v",
+            ".mpg",
+            ".mpeg",
+            ".wmv",
+            ".3gp",
+        ],
     )
     workers: int = option(2, "parallel processes")
     recursive: bool = option(
