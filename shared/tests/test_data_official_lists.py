@@ -170,6 +170,9 @@ def test_build_lists_fcvid_official_to_dataset(tmp_path):
         _build(tmp_path, "r2", "--format", "fcvid", "--annotations", split, "--out_dir", out)
     with pytest.raises(DataError, match=r"listed video 'b\.mp4' has no frames in"):
         _build(tmp_path, "r3", *common, "--subset", "train", "--name", "train", "--frames", frames)
+    split.write_text("cake/a.mp4 test\ncake/b.mp4 train\nbeach/c c.mp4 test\n")
+    with pytest.raises(DataError, match=r"video key 'c c\.mp4' contains whitespace"):
+        _build(tmp_path, "r4", *common, "--subset", "test", "--name", "test", "--frames", frames)
 
 
 def test_build_lists_minisports1m_skips_missing_videos_with_a_count(tmp_path, caplog, capsys):

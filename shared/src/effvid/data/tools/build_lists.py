@@ -97,6 +97,11 @@ def write_lists(cfg: BuildListsConfig) -> tuple[list[VideoRecord], int]:
         storage = open_storage(cfg.storage, cfg.frames)
         kept, lines = [], []
         for r in records:
+            if any(ch.isspace() for ch in r.key):
+                raise DataError(
+                    f"video key '{r.key}' contains whitespace, which the generic list "
+                    "'key num_frames label...' cannot hold; rename the video and its frame folder"
+                )
             try:
                 count = storage.num_frames(r.key)
             except DataError as exc:
