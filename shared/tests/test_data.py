@@ -45,7 +45,7 @@ from effvid.data import (
     write_lmdb,
 )
 from effvid.data.tools.build_lists import BUILD_LISTS
-from effvid.data.tools.build_lmdb import BUILD_LMDB
+from effvid.data.tools.build_lmdb import BUILD_LMDB, build_lmdb
 from effvid.data.tools.extract_frames import EXTRACT
 
 SMALL = {"num_classes": 4, "num_videos": 12, "num_frames": 8, "size": 32}
@@ -516,6 +516,26 @@ def test_mp4_folder_to_lmdb_dataset_with_two_commands(tmp_path, synth):
         ],
     )
     assert (tmp_path / "lists" / "split_validation.txt").read_text() == "v_vid_00000.mp4\n"
+
+
+def test_build_lmdb_from_video_files(tmp_path, synth):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("vid_00000.mp4", "vid_00001.mp4"):
+        (videos / name).write_bytes((synth["video"].storage_path / name).read_bytes())
+    assert build_lmdb(videos, tmp_path / "v.lmdb", source_kind="video", quality=95) == 2
+    db, source = LmdbStorage(tmp_path / "v.lmdb"), VideoFileStorage(videos)
+    assert db.keys() == ["vid_00000.mp4", "vid_00001.mp4"] and db.num_frames("vid_00001.mp4") == 8
+    a = db.read_frames("vid_00001.mp4", [6])[0].astype(int)
+    b = source.read_frames("vid_00001.mp4", [6])[0].astype(int)
+    assert a.shape == b.shape and np.abs(a - b).mean() < 3  # only the JPEG re-encoding differs
+    data = (videos / "vid_00001.mp4").read_bytes()
+    (videos / "vid_00001.mp4").write_bytes(data[: len(data) // 2])  # truncated
+    with pytest.raises(DataError, match=r"vid_00001\.mp4"):
+        build_lmdb(videos, tmp_path / "w.lmdb", source_kind="video")
+    assert not (tmp_path / "w.lmdb").exists() and not list(tmp_path.glob(".w.lmdb.tmp-*"))
+    with pytest.raises(DataError, match="source_kind must be frames or video, got 'mp4'"):
+        build_lmdb(videos, tmp_path / "x.lmdb", source_kind="mp4")
 
 
 def test_lmdb_in_dataloader_workers_after_parent_opened_it(synth):
