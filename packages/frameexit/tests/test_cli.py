@@ -392,3 +392,54 @@ def test_train_with_two_gloo_processes(trained, capfd):
     assert set(after) == set(before) and not torch.equal(
         after["classifiers.0.weight"], before["classifiers.0.weight"]
     )
+
+
+def test_train_under_torchrun(trained, tmp_path):
+    """frameexit-train as torchrun starts it: the processes join one gloo group, rank 0 saves."""
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    script = shutil.which("frameexit-train", path=os.path.dirname(sys.executable))
+    assert script, "the frameexit-train console script is installed next to the interpreter"
+    out = tmp_path / "torchrun"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(port),
+            script,
+            str(trained["cfg"]),
+            "--output_dir",
+            str(out),
+            "--engine.epochs",
+            "1",
+            "--engine.batch_size",
+            "4",
+            "--engine.progress",
+            "False",
+            "--engine.backend",
+            "gloo",
+        ],
+        timeout=300,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "trained on 2 process(es)" in done.stdout
+    state = torch.load(out / "model.pt", weights_only=True)["state_dict"]
+    before = torch.load(trained["root"] / "s1" / "model.pt", weights_only=True)["state_dict"]
+    assert set(state) == set(before) and not torch.equal(
+        state["classifiers.0.weight"], before["classifiers.0.weight"]
+    )
