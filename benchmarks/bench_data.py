@@ -61,18 +61,31 @@ VARIANTS = {
 }
 
 
-def _records(info) -> list:
-    """Every video, in a fixed shuffled order (training reads videos in random order)."""
+def _open(info, variant: str):
+    """The variant's storage and every video, in a fixed shuffled order (as training reads them)."""
+    kind, options = VARIANTS[variant]
+    close_lmdb_envs()  # lmdb and lmdb+ra open the same file with different options
     records = read_generic_list(info.train_list) + read_generic_list(info.val_list)
     random.Random(0).shuffle(records)
-    return records
+    return open_storage(kind, info.storage_path, **options), records
+
+
+def _best_rate(one_pass, repeats: int, cold: bool) -> float:
+    """Best items/s of ``repeats`` calls of ``one_pass`` (which returns its item count). Cold: LMDB
+    maps are closed first, since the page-cache drop cannot evict pages a map holds."""
+    best = 0.0
+    for _ in range(repeats):
+        if cold:
+            close_lmdb_envs()
+            drop_page_cache()
+        start = time.perf_counter()
+        n = one_pass()
+        best = max(best, n / (time.perf_counter() - start))
+    return best
 
 
 def measure(info, variant: str, workers: int, repeats: int, cold: bool) -> tuple[float, float]:
-    kind, options = VARIANTS[variant]
-    close_lmdb_envs()  # lmdb and lmdb+ra open the same file with different options
-    storage = open_storage(kind, info.storage_path, **options)
-    records = _records(info)
+    storage, records = _open(info, variant)
     ds = VideoClassificationDataset(
         records, storage, sampler=functools.partial(uniform_indices, n=8), num_classes=4
     )
@@ -89,37 +102,24 @@ def measure(info, variant: str, workers: int, repeats: int, cold: bool) -> tuple
         )
 
     # warm: persistent workers, one warm-up batch. cold: every pass starts workers afresh (their
-    # start-up is timed) after closing LMDB maps, whose pages the page-cache drop cannot evict
+    # start-up is timed), so that no process keeps an LMDB map across the page-cache drop
     loader = make_loader(workers > 0 and not cold)
     if not cold:
         next(iter(loader))
-    best = 0.0
-    for _ in range(repeats):
-        if cold:
-            close_lmdb_envs()
-            drop_page_cache()
-        start = time.perf_counter()
-        n = sum(1 for _ in loader)
-        best = max(best, n / (time.perf_counter() - start))
+    best = _best_rate(lambda: sum(1 for _ in loader), repeats, cold)
     return best, best * 8 * 224 * 224 * 3 / 1e6
 
 
 def measure_io(info, variant: str, repeats: int, cold: bool) -> float:
     """Clips/s reading the 8 frames' encoded bytes only (no decoding): the storage's own cost."""
-    kind, options = VARIANTS[variant]
-    close_lmdb_envs()
-    storage = open_storage(kind, info.storage_path, **options)
-    records = _records(info)
-    best = 0.0
-    for _ in range(repeats):
-        if cold:
-            close_lmdb_envs()
-            drop_page_cache()
-        start = time.perf_counter()
+    storage, records = _open(info, variant)
+
+    def one_pass() -> int:
         for r in records:  # one call per clip, as datasets read (LMDB: one transaction)
             storage.read_bytes_many(r.key, uniform_indices(storage.num_frames(r.key), 8))
-        best = max(best, len(records) / (time.perf_counter() - start))
-    return best
+        return len(records)
+
+    return _best_rate(one_pass, repeats, cold)
 
 
 def main() -> None:

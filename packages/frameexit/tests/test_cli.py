@@ -366,38 +366,8 @@ def test_demo_end_to_end_tiny(tmp_path, monkeypatch, capsys):
     ).is_file()
 
 
-def test_train_with_two_gloo_processes(trained, capfd):
-    out = trained["root"] / "ddp"
-    fire.Fire(
-        TRAIN,
-        command=[
-            str(trained["cfg"]),
-            "--output_dir",
-            str(out),
-            "--engine.epochs",
-            "1",
-            "--engine.batch_size",
-            "4",
-            "--engine.progress",
-            "False",
-            "--engine.backend",
-            "gloo",
-            "--engine.nproc_per_node",
-            "2",
-        ],
-    )
-    assert "trained on 2 process(es)" in capfd.readouterr().out
-    before = torch.load(trained["root"] / "s1" / "model.pt", weights_only=True)["state_dict"]
-    after = torch.load(out / "model.pt", weights_only=True)["state_dict"]
-    assert set(after) == set(before) and not torch.equal(
-        after["classifiers.0.weight"], before["classifiers.0.weight"]
-    )
-
-
-def test_train_under_torchrun(trained, tmp_path):
-    """frameexit-train as torchrun starts it: the processes join one gloo group, rank 0 saves."""
-    import os
-    import shutil
+def _torchrun(script: str, args: list[str]) -> str:
+    """Run ``script args`` as ``torchrun --nproc_per_node 2`` does; returns its stdout."""
     import socket
     import subprocess
     import sys
@@ -405,41 +375,35 @@ def test_train_under_torchrun(trained, tmp_path):
     with socket.socket() as sock:  # a free port for the rendezvous
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    script = shutil.which("frameexit-train", path=os.path.dirname(sys.executable))
-    assert script, "the frameexit-train console script is installed next to the interpreter"
-    out = tmp_path / "torchrun"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    rendezvous = ["--master_addr", "127.0.0.1", "--master_port", str(port)]
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_addr",
-            "127.0.0.1",
-            "--master_port",
-            str(port),
-            script,
-            str(trained["cfg"]),
-            "--output_dir",
-            str(out),
-            "--engine.epochs",
-            "1",
-            "--engine.batch_size",
-            "4",
-            "--engine.progress",
-            "False",
-            "--engine.backend",
-            "gloo",
-        ],
-        timeout=300,
-        capture_output=True,
-        text=True,
+        [*launcher, *rendezvous, script, *args], timeout=300, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "trained on 2 process(es)" in done.stdout
-    state = torch.load(out / "model.pt", weights_only=True)["state_dict"]
+    return done.stdout
+
+
+@pytest.mark.parametrize("launch", ["spawn", "torchrun"])
+def test_train_with_two_gloo_processes(trained, capfd, launch):
+    """frameexit-train spawning its processes, or started by torchrun: one gloo group, rank 0 saves."""
+    import os
+    import shutil
+    import sys
+
+    out = trained["root"] / f"ddp-{launch}"
+    args = [str(trained["cfg"]), "--output_dir", str(out), "--engine.epochs", "1"]
+    args += ["--engine.batch_size", "4", "--engine.progress", "False", "--engine.backend", "gloo"]
+    if launch == "spawn":
+        fire.Fire(TRAIN, command=[*args, "--engine.nproc_per_node", "2"])
+        printed = capfd.readouterr().out
+    else:
+        script = shutil.which("frameexit-train", path=os.path.dirname(sys.executable))
+        assert script, "the frameexit-train console script is installed next to the interpreter"
+        printed = _torchrun(script, args)
+    assert "trained on 2 process(es)" in printed
     before = torch.load(trained["root"] / "s1" / "model.pt", weights_only=True)["state_dict"]
-    assert set(state) == set(before) and not torch.equal(
-        state["classifiers.0.weight"], before["classifiers.0.weight"]
+    after = torch.load(out / "model.pt", weights_only=True)["state_dict"]
+    assert set(after) == set(before) and not torch.equal(
+        after["classifiers.0.weight"], before["classifiers.0.weight"]
     )
