@@ -121,17 +121,21 @@ def test_infer_writes_metrics_and_predictions(trained, storage, capsys):
     assert 0.0 <= metrics["hit1"] <= 1.0 and 0.0 <= metrics["map"] <= 1.0
 
 
-def test_streaming_decodes_only_the_frames_used(trained, monkeypatch):
+def _lmdb_val_data(trained, **options) -> DataConfig:
+    """The generated validation list over the generated LMDB, 4 frames per video."""
     info = trained["infos"]["lmdb"]
-    data = DataConfig(
+    return DataConfig(
         name="list",
         storage="lmdb",
         path_frame=str(info.storage_path),
         path_label=str(info.val_list),
         num_frames=4,
-        order=[2, 0, 3, 1],
-        batch_size=3,
+        **options,
     )
+
+
+def test_streaming_decodes_only_the_frames_used(trained, monkeypatch):
+    data = _lmdb_val_data(trained, order=[2, 0, 3, 1], batch_size=3)
     data.transform.style, data.transform.resize, data.transform.crop = "standard", 32, 32
     dataset = build_dataset(data, num_classes=4)
     model = build_model(yaml_model(), num_frames=4)
@@ -153,15 +157,7 @@ def test_streaming_decodes_only_the_frames_used(trained, monkeypatch):
 
 
 def test_lmdb_readahead_option_reaches_the_storage(trained):
-    info = trained["infos"]["lmdb"]
-    data = DataConfig(
-        name="list",
-        storage="lmdb",
-        path_frame=str(info.storage_path),
-        path_label=str(info.val_list),
-        num_frames=4,
-        order=[0, 1, 2, 3],
-    )
+    data = _lmdb_val_data(trained, order=[0, 1, 2, 3])
     assert build_dataset(data, num_classes=4).storage.readahead is False
     data.lmdb_readahead = True
     close_lmdb_envs()  # one process maps a database once: other tests opened it without readahead
