@@ -9,7 +9,16 @@ import torch
 import torchvision
 from torch import nn
 
-from effvid.flops import UnitCosts, bitops, count_macs, crosscheck, mac_table, per_sample_macs
+from effvid.flops import (
+    UnitCosts,
+    bitops,
+    bitops_table,
+    count_macs,
+    crosscheck,
+    latency_table,
+    mac_table,
+    per_sample_macs,
+)
 from effvid.flops.cli import main as flops_main
 from effvid.models import get_backbone
 
@@ -127,6 +136,51 @@ def test_bitops_convention():
     assert bitops(1000, 32, 32) == 1_024_000
     assert bitops(1000, 4, 4) == 16_000
     assert torch.equal(bitops(torch.tensor([10, 10]), torch.tensor([8, 0]), 8), torch.tensor([640, 0]))
+
+
+def test_fractional_counts_are_exact_floats():
+    costs = UnitCosts({"patch": 1000, "frame": 4000})
+    # a patch covering 37.5% of a frame's area, run on 3 and 2.5 frames
+    macs = per_sample_macs({"patch": torch.tensor([3.0, 2.5]), "frame": 0.375}, costs)
+    assert macs.dtype == torch.float64
+    assert macs.tolist() == [4500.0, 4000.0]
+    with pytest.raises(ValueError, match="cannot cost nan MACs"):
+        costs["bad"] = float("nan")
+
+
+def test_bitops_table_sums_and_weights_rows():
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.Flatten(), nn.Linear(8 * 4 * 4, 10)
+    )
+    macs = mac_table(net, torch.empty(1, 3, 8, 8))
+    table = bitops_table(macs, {"2": (4, 2)})
+    by_name = {r.name: r for r in table.rows}
+    assert (by_name["0"].weight_bits, by_name["0"].act_bits) == (32, 32)  # float stem
+    assert by_name["2"].bitops == macs.macs_of("2") * 8
+    assert table.total == sum(r.bitops for r in table.rows)
+    assert table.total == 1024 * (macs.total - macs.macs_of("2")) + 8 * macs.macs_of("2")
+    assert table.bitops_of("4") == 1024 * macs.macs_of("4")
+    # a function may choose bits; a skipped layer has 0 bits
+    assert bitops_table(macs, lambda name: (0, 0) if name == "4" else None).bitops_of("4") == 0
+    with pytest.raises(KeyError, match=r"no MACs in the table: \['3'\]"):
+        bitops_table(macs, {"3": (4, 4)})
+
+
+def test_latency_table_rows_are_the_mac_rows():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.Conv2d(16, 64, 3, padding=1))
+    x = torch.randn(2, 3, 32, 32)
+    table = latency_table(net.eval(), x, repeats=5, warmup=1)
+    assert [r.name for r in table.rows] == [r.name for r in mac_table(net, x).rows] == ["0", "2"]
+    assert all(r.ms > 0 for r in table.rows)
+    assert sum(r.ms for r in table.rows) <= table.total_ms
+    assert table.cost_vector(["2", "0"]) == [table.ms_of("2"), table.ms_of("0")]
+    with pytest.raises(KeyError, match="no latency row '1'"):
+        table.ms_of("1")
+    with torch.device("meta"):
+        meta_net = nn.Conv2d(3, 3, 1)
+    with pytest.raises(ValueError, match="not 'meta'"):
+        latency_table(meta_net, torch.empty(1, 3, 4, 4, device="meta"))
 
 
 def test_cli_prints_resnet50_gmacs_and_table(capsys, tmp_path):

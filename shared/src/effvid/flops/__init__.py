@@ -9,20 +9,31 @@ which is exactly the convention of torchvision's published ``_ops`` (e.g. ResNet
 * :func:`mac_table` - per-module table (innermost module that ran each op), summing to the total,
   computable on the ``meta`` device;
 * :class:`UnitCosts` / :func:`per_sample_macs` / :func:`crosscheck` - dynamic accounting for
-  models whose cost depends on the input (frames processed, crop sizes, bit widths);
-* :func:`bitops` - MACs x weight bits x activation bits for quantized layers.
+  models whose cost depends on the input (frames processed, crop sizes, bit widths); counts and
+  costs are floats, so fractional units (part of a frame, part of a layer) are exact;
+* :func:`bitops_table` - the MAC table's rows x each layer's weight and activation bits;
+* :func:`latency_table` - per-layer time measured on a device, with the MAC table's row names.
 """
 
+from effvid.flops.bitops import FLOAT_BITS, BitopsRow, BitopsTable, bitops, bitops_table
 from effvid.flops.counter import MacRow, MacTable, count_macs, mac_table
-from effvid.flops.dynamic import UnitCosts, bitops, crosscheck, per_sample_macs
+from effvid.flops.dynamic import UnitCosts, crosscheck, per_sample_macs
+from effvid.flops.latency import LatencyRow, LatencyTable, latency_table
 
 __all__ = [
+    "FLOAT_BITS",
+    "BitopsRow",
+    "BitopsTable",
+    "LatencyRow",
+    "LatencyTable",
     "MacRow",
     "MacTable",
     "UnitCosts",
     "bitops",
+    "bitops_table",
     "count_macs",
     "crosscheck",
+    "latency_table",
     "mac_table",
     "per_sample_macs",
 ]

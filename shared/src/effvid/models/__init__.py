@@ -14,5 +14,15 @@ torchvision's names, so a torchvision state_dict (minus its classifier) loads st
 from effvid.models import resnet, small, torchvision_nets  # noqa: F401  (registers the builders)
 from effvid.models.backbone import Backbone
 from effvid.models.registry import get_backbone, list_backbones, register_backbone
+from effvid.models.surgery import Revertible, replace_modules, revert_modules, select_modules
 
-__all__ = ["Backbone", "get_backbone", "list_backbones", "register_backbone"]
+__all__ = [
+    "Backbone",
+    "Revertible",
+    "get_backbone",
+    "list_backbones",
+    "register_backbone",
+    "replace_modules",
+    "revert_modules",
+    "select_modules",
+]
