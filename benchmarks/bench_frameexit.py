@@ -32,12 +32,12 @@ import torch
 import yaml
 
 from effvid.config import load_config
+from effvid.data import build_dataset
+from frameexit.build import build_model, load_checkpoint
 from frameexit.config import CheckpointConfig, DemoConfig
-from frameexit.data import build_dataset
 from frameexit.evaluation import evaluate_dataset
 from frameexit.inference import early_exit, measure_unit_costs, video_macs
 from frameexit.model import FrameExitModel
-from frameexit.model_io import build_model, load_weights
 
 
 def machine() -> str:
@@ -66,18 +66,17 @@ def bench_run(run: Path, beta: float, repeats: int) -> None:
     cfg = load_config(DemoConfig, [str(run / "config.yaml")])
     k, t = cfg.model.num_class, cfg.data.num_frames
     root = Path(cfg.root)
-    storage_path = root / {"frames": "frames", "lmdb": "frames.lmdb", "video": "videos"}[cfg.storage]
+    storage_path = root / {"frames": "frames", "lmdb": "frames.lmdb", "video": "videos"}[cfg.data.storage]
     data = replace(
         cfg.data,
-        name="list",
-        storage=cfg.storage,
+        format="list",
         path_frame=str(storage_path),
         path_label=str(root / "val.txt"),
         path_classid=str(root / "classes.txt"),
     )
     dataset = build_dataset(data, num_classes=k)
     model = build_model(cfg.model, num_frames=t)
-    load_weights(model, CheckpointConfig(init=str(run / f"stage2-beta{beta:g}" / "model.pt")))
+    load_checkpoint(model, CheckpointConfig(init=str(run / f"stage2-beta{beta:g}" / "model.pt")))
     device = torch.device("cpu")
     n = len(dataset)
 
@@ -101,7 +100,7 @@ def bench_run(run: Path, beta: float, repeats: int) -> None:
     ts, es = timed(static, repeats)
     t1, _ = timed(batch1, repeats)
     report(
-        f"demo run {run} (beta={beta:g}), {n} videos from {cfg.storage}, end to end",
+        f"demo run {run} (beta={beta:g}), {n} videos from {cfg.data.storage}, end to end",
         n,
         tb,
         t1,

@@ -9,7 +9,6 @@ from torch import nn
 from effvid.checkpoint import (
     CheckpointMismatchError,
     load_checked,
-    load_state_dict_file,
     remap_state_dict,
 )
 
@@ -77,18 +76,3 @@ def test_allowed_patterns():
     sd["exit_selector.8.w"] = torch.zeros(1)
     load_checked(model, sd, allow_missing=["head.*"], allow_unexpected=["exit_selector.*"])
     assert torch.all(model.head.weight == 7.0)  # missing-but-allowed keys keep their values
-
-
-def test_load_state_dict_file(tmp_path):
-    model = Small()
-    torch.save({"state_dict": original_layout(model)}, tmp_path / "wrapped.pth")
-    state = load_state_dict_file(tmp_path / "wrapped.pth", strip_prefix="module.")
-    assert all(k.startswith("backbone.") for k in state)
-    torch.save({"module.a": torch.zeros(1), "b": torch.zeros(1)}, tmp_path / "mixed.pth")
-    with pytest.raises(ValueError, match=r"key 'b' lacks the expected prefix 'module\.'"):
-        load_state_dict_file(tmp_path / "mixed.pth", strip_prefix="module.")
-    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match=r"cannot read checkpoint .*junk\.pth"):
-        load_state_dict_file(tmp_path / "junk.pth")
-    with pytest.raises(FileNotFoundError, match=r"checkpoint not found: .*nope\.pth"):
-        load_state_dict_file(tmp_path / "nope.pth")

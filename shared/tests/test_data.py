@@ -13,9 +13,7 @@ import pytest
 import torch
 
 from effvid.data import (
-    FRAMEEXIT_ORDER,
     DataError,
-    FrameExitPreprocess,
     FrameFolderStorage,
     LmdbStorage,
     SegmentationClipDataset,
@@ -44,9 +42,9 @@ from effvid.data import (
     uniform_indices,
     write_lmdb,
 )
-from effvid.data.tools.build_lists import BUILD_LISTS
-from effvid.data.tools.build_lmdb import BUILD_LMDB, build_lmdb
-from effvid.data.tools.extract_frames import EXTRACT
+from effvid.tools.build_lists import BUILD_LISTS
+from effvid.tools.build_lmdb import BUILD_LMDB, build_lmdb
+from effvid.tools.extract_frames import EXTRACT
 
 SMALL = {"num_classes": 4, "num_videos": 12, "num_frames": 8, "size": 32}
 
@@ -67,7 +65,18 @@ def test_uniform_indices_match_frameexit():
     assert uniform_indices(50, 10) == [0, 5, 11, 16, 22, 27, 33, 38, 44, 49]
     assert uniform_indices(12, 10) == [0, 1, 2, 4, 5, 6, 8, 9, 10, 11]
     assert uniform_indices(5, 10) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
-    assert apply_order(uniform_indices(50, 10), FRAMEEXIT_ORDER) == [27, 0, 49, 11, 38, 22, 33, 16, 44, 5]
+    assert apply_order(uniform_indices(50, 10), (5, 0, 9, 2, 7, 4, 6, 3, 8, 1)) == [
+        27,
+        0,
+        49,
+        11,
+        38,
+        22,
+        33,
+        16,
+        44,
+        5,
+    ]
     with pytest.raises(ValueError, match="must be a permutation of 0..2"):
         apply_order([1, 2, 3], [0, 0, 1])
     with pytest.raises(ValueError, match="cannot sample from a video with 0 frames"):
@@ -436,19 +445,6 @@ def test_synthetic_spec_validation():
 # ----------------------------------------------------------------------------- transforms
 
 
-def test_frameexit_preprocess_matches_the_original_recipe():
-    clip = torch.randint(0, 256, (2, 3, 35, 47), dtype=torch.uint8)
-    out = FrameExitPreprocess(size=24)(clip)
-    x = clip.float() / 255
-    x = torch.nn.functional.interpolate(x, size=(24, int(24 * 47 / 35)), mode="bilinear", align_corners=False)
-    left = int(round((int(24 * 47 / 35) - 24) / 2))
-    x = x[..., :, left : left + 24]
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    torch.testing.assert_close(out, (x - mean) / std)
-    assert out.shape == (2, 3, 24, 24)
-
-
 @pytest.mark.parametrize("crop", ["random", "multiscale", "center"])
 def test_standard_transforms_one_draw_per_clip(crop):
     torch.manual_seed(0)
@@ -473,10 +469,10 @@ def test_mp4_folder_to_lmdb_dataset_with_two_commands(tmp_path, synth):
     frames = tmp_path / "frames"
     args = ["--videos", str(videos), "--frames", str(frames), "--short_side", "48", "--workers", "1"]
     with pytest.raises(SystemExit, match="1 of 3 videos failed"):
-        fire.Fire(EXTRACT, command=[*args, "--output_dir", str(tmp_path / "run1")])
+        fire.Fire(EXTRACT, command=[*args])
     assert sorted(p.name for p in frames.iterdir()) == ["vid_00000.mp4", "vid_00001.mp4"]  # no partial folder
     (videos / "broken.mp4").unlink()
-    fire.Fire(EXTRACT, command=[*args, "--output_dir", str(tmp_path / "run2")])  # resumes: nothing left to do
+    fire.Fire(EXTRACT, command=[*args])  # resumes: nothing left to do
     folder = FrameFolderStorage(frames)
     assert folder.num_frames("vid_00000.mp4") == 8
     assert folder.read_frames("vid_00000.mp4", [0])[0].shape == (48, 48, 3)
@@ -484,7 +480,7 @@ def test_mp4_folder_to_lmdb_dataset_with_two_commands(tmp_path, synth):
     db = tmp_path / "frames.lmdb"
     fire.Fire(
         BUILD_LMDB,
-        command=["--source", str(frames), "--output", str(db), "--output_dir", str(tmp_path / "run3")],
+        command=["--source", str(frames), "--output", str(db)],
     )
     storage = LmdbStorage(db)
     assert storage.keys() == ["vid_00000.mp4", "vid_00001.mp4"]
@@ -492,7 +488,7 @@ def test_mp4_folder_to_lmdb_dataset_with_two_commands(tmp_path, synth):
     with pytest.raises(DataError, match="already exists"):
         fire.Fire(
             BUILD_LMDB,
-            command=["--source", str(frames), "--output", str(db), "--output_dir", str(tmp_path / "r4")],
+            command=["--source", str(frames), "--output", str(db)],
         )
     classes = tmp_path / "classes.txt"
     classes.write_text("a\nb\n")
@@ -511,8 +507,6 @@ def test_mp4_folder_to_lmdb_dataset_with_two_commands(tmp_path, synth):
             str(classes),
             "--out_dir",
             str(tmp_path / "lists"),
-            "--output_dir",
-            str(tmp_path / "r5"),
         ],
     )
     assert (tmp_path / "lists" / "split_validation.txt").read_text() == "v_vid_00000.mp4\n"
@@ -565,7 +559,7 @@ def standard_keys(tmp_path_factory, synth):
             data = (synth["frames"].storage_path / src / f"{i:05d}.jpg").read_bytes()
             (root / "frames" / key / f"image_{i + 1:05d}.jpg").write_bytes(data)
         (root / "videos" / key).write_bytes((synth["video"].storage_path / f"{src}.mp4").read_bytes())
-    from effvid.data.tools.build_lmdb import build_lmdb
+    from effvid.tools.build_lmdb import build_lmdb
 
     build_lmdb(root / "frames", root / "frames.lmdb")
     classes = ["Archery", "Bowling", "air drumming"]

@@ -25,8 +25,8 @@ from effvid.data import (
     uniform_indices,
     youtube_id,
 )
-from effvid.data.tools.build_lists import BUILD_LISTS
-from effvid.data.tools.extract_frames import EXTRACT
+from effvid.tools.build_lists import BUILD_LISTS
+from effvid.tools.extract_frames import EXTRACT
 
 
 def _write_fcvid(tmp_path, rows, num_classes=239):
@@ -142,7 +142,7 @@ def _frames(root, keys, counts):
 
 
 def _build(tmp_path, run, *args):
-    fire.Fire(BUILD_LISTS, command=[*map(str, args), "--output_dir", str(tmp_path / run)])
+    fire.Fire(BUILD_LISTS, command=[*map(str, args)])
 
 
 def test_build_lists_fcvid_official_to_dataset(tmp_path):
@@ -225,10 +225,10 @@ def test_extract_frames_recursive_keeps_flat_names(tmp_path):
     frames = tmp_path / "frames"
     args = ["--videos", str(videos), "--frames", str(frames), "--workers", "1"]
     with pytest.raises(DataError, match=r"no video with extension .* in .*videos$"):
-        fire.Fire(EXTRACT, command=[*args, "--output_dir", str(tmp_path / "r1")])
-    fire.Fire(EXTRACT, command=[*args, "--recursive", "true", "--output_dir", str(tmp_path / "r2")])
+        fire.Fire(EXTRACT, command=[*args])
+    fire.Fire(EXTRACT, command=[*args, "--recursive", "true"])
     assert sorted(p.name for p in frames.iterdir()) == ["vid_00000.mp4", "vid_00001.mp4"]
     assert open_storage("frames", frames).num_frames("vid_00001.mp4") == 6
     (videos / "beach" / "vid_00000.mp4").write_bytes(b"")
     with pytest.raises(DataError, match=r"two videos are both named 'vid_00000\.mp4'"):
-        fire.Fire(EXTRACT, command=[*args, "--recursive", "true", "--output_dir", str(tmp_path / "r3")])
+        fire.Fire(EXTRACT, command=[*args, "--recursive", "true"])

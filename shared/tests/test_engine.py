@@ -13,13 +13,18 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from effvid.config import ConfigError, RunConfig, load_config, option
+from effvid.draws import seeded, split_item
 from effvid.engine import (
     EngineConfig,
+    NonFiniteError,
+    RuntimeConfig,
+    attach_validation,
     autocast,
     evaluate,
     find_latest_checkpoint,
-    load_training_checkpoint,
     make_dataloader,
+    read_training_checkpoint,
+    run_trainer,
     seed_everything,
     setup_evaluator,
     setup_trainer,
@@ -28,38 +33,55 @@ from effvid.metrics import HitAt1, topk_accuracy
 
 
 class Blobs(Dataset):
-    """Two Gaussian blobs in 8-d, as dict samples like the video datasets return."""
+    """Two Gaussian blobs in 8-d, as dict samples like the video datasets return.
 
-    def __init__(self, n: int = 40, seed: int = 0) -> None:
+    With ``augment``, each sample gets random noise drawn inside :func:`seeded` from the seed the
+    training sampler hands over - the pattern of the video datasets' augmentation.
+    """
+
+    def __init__(self, n: int = 40, seed: int = 0, augment: bool = False) -> None:
         g = torch.Generator().manual_seed(seed)
         self.y = torch.arange(n) % 2
         self.x = torch.randn(n, 8, generator=g) + 2.0 * self.y[:, None]
+        self.augment = augment
 
     def __len__(self) -> int:
         return len(self.y)
 
-    def __getitem__(self, i: int) -> dict:
-        return {"video": self.x[i], "label": self.y[i], "key": f"v{i}"}
+    def __getitem__(self, item) -> dict:
+        i, seed = split_item(item)
+        x = self.x[i]
+        if self.augment:
+            with seeded(seed):
+                x = x + 0.5 * torch.randn(8)
+        return {"video": x, "label": self.y[i], "key": f"v{i}"}
 
 
-def make_model() -> nn.Module:
-    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.0), nn.Linear(16, 2))
+def make_model(dropout: float = 0.2) -> nn.Module:
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(dropout), nn.Linear(16, 2))
 
 
-def train(run_dir, *, epochs=3, stop_at=None, **cfg_kw):
-    seed_everything(0)
-    cfg = EngineConfig(epochs=epochs, batch_size=8, checkpoint_every=3, progress=False, **cfg_kw)
-    model = make_model()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=7, gamma=0.5)
+class Objective(nn.Module):
+    """A training module: the loss is computed in forward, so DDP's hooks fire."""
 
-    def loss_fn(batch):
-        logits = model(batch["video"])
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch):
+        logits = self.model(batch["video"])
         loss = nn.functional.cross_entropy(logits, batch["label"])
         return loss, {"acc": float((logits.argmax(1) == batch["label"]).float().mean())}
 
+
+def train(run_dir, *, epochs=3, stop_at=None, lr=0.1, workers=0, augment=True, dropout=0.2, **cfg_kw):
+    seed_everything(0)  # before the model is built: the initialisation is part of the run
+    cfg = EngineConfig(epochs=epochs, checkpoint_every=3, progress=False, **cfg_kw)
+    model = make_model(dropout)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=7, gamma=0.5)
     trainer = setup_trainer(
-        model=model, optimizer=optimizer, loss_fn=loss_fn, cfg=cfg, run_dir=run_dir, lr_scheduler=scheduler
+        module=Objective(model), optimizer=optimizer, cfg=cfg, run_dir=run_dir, lr_scheduler=scheduler
     )
     losses = []
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(e.state.output["loss"]))
@@ -69,7 +91,10 @@ def train(run_dir, *, epochs=3, stop_at=None, **cfg_kw):
         def crash(_):
             raise KeyboardInterrupt("simulated kill")
 
-    trainer.run(make_dataloader(Blobs(), cfg, train=True), max_epochs=cfg.epochs)
+    loader = make_dataloader(
+        Blobs(augment=augment), batch_size=8, train=True, seed=cfg.seed, num_workers=workers
+    )
+    run_trainer(trainer, loader, epochs=cfg.epochs)
     return model, losses, trainer
 
 
@@ -79,33 +104,96 @@ def test_tiny_model_trains_and_writes_checkpoints_and_tensorboard(tmp_path):
     assert sum(losses[-3:]) / 3 < 0.5 * sum(losses[:3]) / 3
     ckpts = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.pt"))
     assert ckpts == ["checkpoint_12.pt", "checkpoint_15.pt"]  # keep_checkpoints=2, epoch ends and every 3
-    state = load_training_checkpoint(tmp_path / "checkpoints" / "checkpoint_15.pt")
+    state = read_training_checkpoint(tmp_path / "checkpoints" / "checkpoint_15.pt")
     assert {"model", "optimizer", "trainer", "lr_scheduler"} <= set(state)
     assert state["trainer"]["iteration"] == 15
     assert any((tmp_path / "tb").iterdir())
 
 
-def test_killed_run_resumes_bit_identical(tmp_path):
+def assert_same_weights(a: nn.Module, b: nn.Module) -> None:
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), name
+
+
+def test_seed_makes_fresh_runs_identical(tmp_path):
+    one, _, _ = train(tmp_path / "a", epochs=1)
+    two, _, _ = train(tmp_path / "b", epochs=1)
+    assert_same_weights(one, two)
+
+
+def test_killed_run_with_augmentation_and_workers_resumes_bit_identical(tmp_path):
     straight, _, _ = train(tmp_path / "straight")
     with pytest.raises(KeyboardInterrupt):
-        train(tmp_path / "resumed", stop_at=8)  # last checkpoint at iteration 6
+        train(tmp_path / "resumed", stop_at=8, workers=2)  # last checkpoint at iteration 6
     assert find_latest_checkpoint(tmp_path / "resumed").name == "checkpoint_6.pt"
-    resumed, losses, trainer = train(tmp_path / "resumed")
+    resumed, losses, trainer = train(tmp_path / "resumed", workers=1)
     assert trainer.state.iteration == 15 and len(losses) == 9  # iterations 7..15 only
-    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
-        assert torch.equal(a, b), name
+    assert_same_weights(straight, resumed)  # augmentation, dropout and order all replayed
+
+
+def test_augmentation_draws_do_not_depend_on_worker_count():
+    batches = {}
+    for workers in (0, 2):
+        loader = make_dataloader(Blobs(augment=True), batch_size=8, train=True, seed=3, num_workers=workers)
+        loader.sampler.set_epoch(2)
+        batches[workers] = torch.cat([b["video"] for b in loader])
+    assert torch.equal(batches[0], batches[2])
+    loader.sampler.set_epoch(3)
+    assert not torch.equal(torch.cat([b["video"] for b in loader]), batches[2])
+
+
+def test_finished_run_is_not_trained_again(tmp_path):
+    first, _, _ = train(tmp_path, epochs=2)
+    again, losses, trainer = train(tmp_path, epochs=2)
+    assert losses == [] and trainer.state.epoch == 2
+    assert_same_weights(first, again)
+    more, losses, trainer = train(tmp_path, epochs=3)  # asking for more epochs continues the run
+    assert len(losses) == 5 and trainer.state.epoch == 3
+
+
+def test_nonfinite_loss_stops_without_saving_it(tmp_path):
+    with pytest.raises(NonFiniteError, match=r"training loss is (nan|inf) at iteration \d+ \(epoch \d\)"):
+        train(tmp_path, lr=1e30)
+    for path in (tmp_path / "checkpoints").glob("*.pt"):
+        state = read_training_checkpoint(path)["model"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), path.name
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, capsys):
+    train(tmp_path, epochs=2)  # checkpoints 9 and 10
+    latest = find_latest_checkpoint(tmp_path)
+    latest.write_bytes(latest.read_bytes()[:100])
+    _, losses, trainer = train(tmp_path, epochs=2)
+    out = capsys.readouterr().out
+    assert f"{latest.name}: truncated or corrupt" in out and "falling back" in out
+    assert trainer.state.iteration == 10 and len(losses) == 1  # resumed from iteration 9
+
+
+def test_validation_keeps_the_best_checkpoint(tmp_path):
+    seed_everything(0)
+    cfg = EngineConfig(epochs=3, progress=False)
+    model = make_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    trainer = setup_trainer(module=Objective(model), optimizer=optimizer, cfg=cfg, run_dir=tmp_path)
+    scores = iter([0.5, 0.9, 0.7])
+    attach_validation(
+        trainer, lambda: {"top1": next(scores)}, tmp_path, every=1, to_save={"model": model}, metric="top1"
+    )
+    run_trainer(trainer, make_dataloader(Blobs(), batch_size=8, train=True), epochs=3)
+    assert [p.name for p in (tmp_path / "best").iterdir()] == ["best_model_2_top1=0.9000.pt"]
+    assert json.loads((tmp_path / "metrics_val_epoch3.json").read_text()) == {"top1": 0.7}
 
 
 def test_evaluate_writes_metrics_json(tmp_path):
     model, _, _ = train(tmp_path / "t")
-    cfg = EngineConfig(batch_size=16, progress=False)
     evaluator = setup_evaluator(
         model=model,
         eval_step=lambda b: (model(b["video"]), b["label"]),
         metrics={"top1": topk_accuracy(1), "hit1": HitAt1()},
-        cfg=cfg,
+        cfg=RuntimeConfig(progress=False),
     )
-    results = evaluate(evaluator, make_dataloader(Blobs(seed=1), cfg, train=False), tmp_path, name="val")
+    loader = make_dataloader(Blobs(seed=1), batch_size=16, train=False)
+    results = evaluate(evaluator, loader, tmp_path, name="val")
     saved = json.loads((tmp_path / "metrics_val.json").read_text())
     assert saved == results and results["top1"] == results["hit1"] > 0.8
 
@@ -113,14 +201,13 @@ def test_evaluate_writes_metrics_json(tmp_path):
 def _ddp_eval(local_rank, weights_path, out_path):
     model = make_model()
     model.load_state_dict(torch.load(weights_path, weights_only=True))
-    cfg = EngineConfig(batch_size=6, progress=False)
     evaluator = setup_evaluator(
         model=model,
         eval_step=lambda b: (model(b["video"]), b["label"]),
         metrics={"top1": topk_accuracy(1), "hit1": HitAt1()},
-        cfg=cfg,
+        cfg=RuntimeConfig(progress=False),
     )
-    loader = make_dataloader(Blobs(n=40, seed=3), cfg, train=False)
+    loader = make_dataloader(Blobs(n=40, seed=3), batch_size=6, train=False)
     results = evaluate(evaluator, loader, out_path, name="ddp")
     results["world"] = idist.get_world_size()
     results["local_samples"] = len(loader.sampler)
@@ -152,7 +239,7 @@ def test_config_validation_and_amp_errors():
     class Cmd(RunConfig):
         engine: EngineConfig = option(doc="engine", default_factory=EngineConfig)
 
-    with pytest.raises(ConfigError, match="engine.amp must be none, bf16 or fp16, got 'fp8'"):
+    with pytest.raises(ConfigError, match="engine.amp must be one of none, bf16, fp16; got 'fp8'"):
         load_config(Cmd, [], {"engine.amp": "fp8"})
     assert load_config(Cmd, [], {"engine.amp": "bf16"}).engine.amp == "bf16"
     with pytest.raises(RuntimeError, match="fp16 AMP needs a CUDA device"):
@@ -161,11 +248,11 @@ def test_config_validation_and_amp_errors():
     with autocast(torch.device("cpu"), "bf16"):
         assert nn.Linear(4, 4)(torch.randn(2, 4)).dtype == torch.bfloat16
     with pytest.raises(ValueError, match="empty dataset"):
-        make_dataloader(Blobs(n=0), EngineConfig(), train=True)
+        make_dataloader(Blobs(n=0), batch_size=4, train=True)
 
 
 def test_resumable_sampler_order_shards_and_skip():
-    from effvid.engine.sampling import ResumableSampler
+    from effvid.engine import ResumableSampler
 
     a = ResumableSampler(10, shuffle=True, seed=5)
     a.set_epoch(2)
@@ -230,13 +317,13 @@ def test_run_distributed_under_torchrun(tmp_path):
 
 
 def _ddp_train(local_rank, run_dir, out_path):
-    model, _, _ = train(run_dir, epochs=2)
+    model, _, _ = train(run_dir, epochs=2, dropout=0.0)  # dropout masks of a split batch differ
     if idist.get_rank() == 0:
         torch.save(model.state_dict(), out_path)
 
 
 def test_two_process_training_equals_one_process_on_the_total_batch(tmp_path):
-    single, _, _ = train(tmp_path / "one", epochs=2)
+    single, _, _ = train(tmp_path / "one", epochs=2, dropout=0.0)  # augmentation on: per-sample draws
     out = tmp_path / "ddp.pt"
     with idist.Parallel(backend="gloo", nproc_per_node=2, master_port=free_port()) as parallel:
         parallel.run(_ddp_train, str(tmp_path / "two"), str(out))

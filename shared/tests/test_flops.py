@@ -19,8 +19,8 @@ from effvid.flops import (
     mac_table,
     per_sample_macs,
 )
-from effvid.flops.cli import main as flops_main
 from effvid.models import get_backbone
+from effvid.tools.flops import FLOPS
 
 # backbone -> (weights enum member, native input side). torchvision's `_ops` is GFLOPs in its docs'
 # wording but counts one op per multiply-accumulate of conv/linear layers: our MACs.
@@ -184,7 +184,18 @@ def test_latency_table_rows_are_the_mac_rows():
 
 
 def test_cli_prints_resnet50_gmacs_and_table(capsys, tmp_path):
-    flops_main(["resnet50", "--input", "3x224x224", "--per-layer", "--json", str(tmp_path / "r50.json")])
+    FLOPS.main(
+        [
+            "--backbone",
+            "resnet50",
+            "--input",
+            "3x224x224",
+            "--per-layer",
+            "true",
+            "--json",
+            str(tmp_path / "r50.json"),
+        ]
+    )
     out = capsys.readouterr().out
     assert out.startswith("resnet50: 4.09 GMACs (4,087,136,256 MACs; 1 MAC = 2 FLOPs)")
     assert "layer4.2.conv3" in out and "(total)" in out
@@ -193,6 +204,9 @@ def test_cli_prints_resnet50_gmacs_and_table(capsys, tmp_path):
 
 def test_cli_bad_input(capsys):
     with pytest.raises(SystemExit) as info:
-        flops_main(["resnet50", "--input", "224x224"])
+        FLOPS.main(["--backbone", "resnet50", "--input", "224x224"])
     assert info.value.code == 2
-    assert "--input must be three positive sizes" in capsys.readouterr().err
+    assert "input must be three positive sizes C x H x W" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        FLOPS.main(["--backbone", "resnet5O"])
+    assert "unknown backbone 'resnet5O'. Did you mean 'resnet50'" in capsys.readouterr().err

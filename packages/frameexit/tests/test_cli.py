@@ -4,6 +4,7 @@ the shipped ActivityNet config with an original-layout checkpoint."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -14,12 +15,12 @@ import torch
 import yaml
 from original_reference import OriginalFrameExit, randomise
 
-from effvid.data import SyntheticSpec, close_lmdb_envs, generate
+from effvid.data import DataConfig, SyntheticSpec, build_dataset, close_lmdb_envs, generate
+from effvid.reports import read_results
+from frameexit.build import build_model
 from frameexit.cli import CONVERT, INFER, SWEEP, TRAIN
-from frameexit.config import DataConfig
-from frameexit.data import build_dataset
+from frameexit.data import frameexit_data_config
 from frameexit.evaluation import evaluate_dataset
-from frameexit.model_io import build_model
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 SPEC = {"num_classes": 4, "num_videos": 16, "num_frames": 12, "size": 32}
@@ -28,7 +29,7 @@ SPEC = {"num_classes": 4, "num_videos": 16, "num_frames": 12, "size": 32}
 def write_config(path: Path, info, storage: str) -> Path:
     cfg = {
         "data": {
-            "name": "list",
+            "format": "list",
             "storage": storage,
             "path_frame": str(info.storage_path),
             "path_label": str(info.train_list),
@@ -56,7 +57,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("fe")
     infos = {kind: generate(root / kind, SyntheticSpec(storage=kind, **SPEC)) for kind in ("frames", "lmdb")}
     cfg = write_config(root / "cfg.yml", infos["lmdb"], "lmdb")
-    engine = ["--engine.epochs", "1", "--engine.batch_size", "4", "--engine.progress", "False"]
+    engine = ["--engine.epochs", "1", "--data.batch_size", "4", "--engine.progress", "False"]
     fire.Fire(TRAIN, command=[str(cfg), "--output_dir", str(root / "s1"), *engine])
     fire.Fire(
         TRAIN,
@@ -125,7 +126,7 @@ def _lmdb_val_data(trained, **options) -> DataConfig:
     """The generated validation list over the generated LMDB, 4 frames per video."""
     info = trained["infos"]["lmdb"]
     return DataConfig(
-        name="list",
+        format="list",
         storage="lmdb",
         path_frame=str(info.storage_path),
         path_label=str(info.val_list),
@@ -154,6 +155,27 @@ def test_streaming_decodes_only_the_frames_used(trained, monkeypatch):
     )
     used = sum(r["frames_used"] for r in result.rows)
     assert used == len(dataset) and len(decoded) == used + 1  # +1: the frame-shape probe of frame 0
+
+
+def test_capped_run_counts_the_macs_that_ran(trained):
+    """--max_steps k with exits on: a video stopped at the cap consults no gate at step k-1."""
+    from effvid.flops import crosscheck
+    from frameexit.inference import early_exit
+
+    data = _lmdb_val_data(trained, order=[2, 0, 3, 1], batch_size=4)
+    data.transform.style, data.transform.resize, data.transform.crop = "standard", 32, 32
+    dataset = build_dataset(data, num_classes=4)
+    model = build_model(yaml_model(), num_frames=4).eval()
+    model.first_threshold, model.gate_threshold = 1.0, 1.0  # nobody exits before the cap
+    result = evaluate_dataset(
+        model, dataset, batch_size=4, device=torch.device("cpu"), max_steps=2, progress=False
+    )
+    for i, row in enumerate(result.rows[:3]):
+        assert row["frames_used"] == 2
+        frames = dataset[i]["video"][None]
+        crosscheck(
+            lambda f=frames: early_exit(model, lambda a, s: f[a, s], 1, max_steps=2), row["gmacs"] * 1e9
+        )
 
 
 def test_lmdb_readahead_option_reaches_the_storage(trained):
@@ -242,7 +264,16 @@ def test_activitynet_config_with_original_checkpoint_and_converter(tmp_path):
         "0",
     ]
     fire.Fire(
-        INFER, command=[*common, "--checkpoint.init", str(ckpt), "--output_dir", str(tmp_path / "orig")]
+        INFER,
+        command=[
+            *common,
+            "--checkpoint.init",
+            str(ckpt),
+            "--checkpoint.format",
+            "original",
+            "--output_dir",
+            str(tmp_path / "orig"),
+        ],
     )
     fire.Fire(
         CONVERT,
@@ -278,8 +309,9 @@ def test_activitynet_config_with_original_checkpoint_and_converter(tmp_path):
         num_frames=10,
     )
     assert cfg_model.first_threshold == 0.99
-    data = DataConfig(
-        name="activitynet1.3",
+    data = frameexit_data_config()
+    data = replace(
+        data,
         path_frame=str(paths["frames"]),
         path_split=str(paths["split"]),
         path_label=str(paths["json"]),
@@ -310,13 +342,13 @@ def test_demo_end_to_end_tiny(tmp_path, monkeypatch, capsys):
     from frameexit.cli import DEMO
 
     monkeypatch.chdir(tmp_path)
-    fast = ["--epochs", "1", "--batch_size", "8", "--progress", "False"]
+    fast = ["--epochs", "1", "--progress", "False"]
     fire.Fire(
         DEMO,
         command=[
             "--root",
             "synth",
-            "--storage",
+            "--data.storage",
             "frames",
             "--num_videos",
             "16",
@@ -351,12 +383,13 @@ def test_demo_end_to_end_tiny(tmp_path, monkeypatch, capsys):
         ],
     )
     out = capsys.readouterr().out
-    assert "FrameExit without exit (4 frames)" in out and "FrameExit, beta=0.1" in out
+    assert "FrameExit, no exit (4 frames)" in out and "FrameExit, beta=0.1" in out
     assert ("Target met" in out) or ("Target NOT met" in out)
-    rows = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert [r["method"] for r in rows][-1] == "FrameExit, beta=0.1" and len(
-        rows
-    ) == 5  # 2 models, k=1,2, 1 beta
+    rows = read_results(tmp_path / "run" / "results.json")
+    assert [r.label for r in rows][-1] == "FrameExit, beta=0.1" and len(rows) == 5  # 2 models, k=1,2, 1 beta
+    assert all(r.gmacs_per_video > 0 and r.videos_per_s > 0 for r in rows)
+    assert rows[2].setting == "k=1" and rows[2].frames_per_video == 1.0
+    assert "Target" in (tmp_path / "run" / "results.txt").read_text()  # the verdict is in the file too
     assert (tmp_path / "run" / "tradeoff.png").is_file() and (
         tmp_path / "run" / "stage1" / "model.pt"
     ).is_file()
@@ -389,7 +422,7 @@ def test_train_with_two_gloo_processes(trained, capfd, launch):
 
     out = trained["root"] / f"ddp-{launch}"
     args = [str(trained["cfg"]), "--output_dir", str(out), "--engine.epochs", "1"]
-    args += ["--engine.batch_size", "4", "--engine.progress", "False", "--engine.backend", "gloo"]
+    args += ["--data.batch_size", "4", "--engine.progress", "False", "--engine.backend", "gloo"]
     if launch == "spawn":
         fire.Fire(TRAIN, command=[*args, "--engine.nproc_per_node", "2"])
         printed = capfd.readouterr().out

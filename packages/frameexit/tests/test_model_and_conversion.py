@@ -156,3 +156,29 @@ def test_gate_polarity_is_negated_on_conversion():
     converted = convert_original_state_dict(copy.deepcopy(ref.state_dict()))
     assert torch.equal(converted["gates.0.linear.weight"], -ref.state_dict()["exit_selector.0.linear.weight"])
     assert converted["gates.1.fc1.weight"].shape == (128, 8)
+
+
+def test_frameexit_preprocess_matches_the_original_recipe():
+    from frameexit.data import FrameExitPreprocess
+
+    clip = torch.randint(0, 256, (2, 3, 35, 47), dtype=torch.uint8)
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    out = FrameExitPreprocess(24, mean, std)(clip)
+    x = clip.float() / 255
+    x = torch.nn.functional.interpolate(x, size=(24, int(24 * 47 / 35)), mode="bilinear", align_corners=False)
+    left = int(round((int(24 * 47 / 35) - 24) / 2))
+    x = x[..., :, left : left + 24]
+    torch.testing.assert_close(
+        out, (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    )
+    assert out.shape == (2, 3, 24, 24)
+
+
+def test_model_accepts_a_built_backbone():
+    from effvid.models import get_backbone
+
+    backbone = get_backbone("tiny_cnn", width=4)
+    model = FrameExitModel(backbone=backbone, num_classes=3, num_frames=2, hidden=8)
+    assert model.backbone is backbone
+    with pytest.raises(ValueError, match="backbone_kwargs apply to a backbone given by name"):
+        FrameExitModel(backbone=backbone, num_classes=3, num_frames=2, backbone_kwargs={"width": 4})

@@ -8,10 +8,8 @@ the caller names (glob patterns) what may be missing or unexpected, and any prob
 from __future__ import annotations
 
 import fnmatch
-import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -20,7 +18,6 @@ __all__ = [
     "CheckpointMismatchError",
     "check_state_dict",
     "load_checked",
-    "load_state_dict_file",
     "remap_state_dict",
 ]
 
@@ -118,33 +115,3 @@ def load_checked(
     )
     expected = model.state_dict()
     model.load_state_dict({k: v for k, v in state_dict.items() if k in expected}, strict=not allow_missing)
-
-
-def load_state_dict_file(
-    path: str | os.PathLike[str], *, strip_prefix: str | None = None
-) -> dict[str, torch.Tensor]:
-    """Read a state dict from ``path`` with ``torch.load(weights_only=True)`` on the CPU.
-
-    A ``{"state_dict": ...}`` or ``{"model": ...}`` wrapper is unwrapped. ``strip_prefix`` (e.g.
-    ``"module."`` for DataParallel checkpoints) must prefix *every* key when given.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {p}")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt or non-torch file: say which
-        raise ValueError(f"cannot read checkpoint {p}: {exc}") from exc
-    for wrapper in ("state_dict", "model"):
-        if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
-            obj = obj[wrapper]
-            break
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"checkpoint {p} does not hold a state dict (a mapping of names to tensors)")
-    state = dict(obj)
-    if strip_prefix:
-        bad = [k for k in state if not k.startswith(strip_prefix)]
-        if bad:
-            raise ValueError(f"checkpoint {p}: key '{bad[0]}' lacks the expected prefix '{strip_prefix}'")
-        state = {k[len(strip_prefix) :]: v for k, v in state.items()}
-    return state

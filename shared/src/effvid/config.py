@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -34,10 +35,12 @@ __all__ = [
     "MISSING",
     "ConfigError",
     "RunConfig",
+    "check_choice",
     "config_paths_of",
     "config_to_yaml",
     "load_config",
     "option",
+    "schema_defaults_yaml",
     "schema_help",
 ]
 
@@ -57,6 +60,17 @@ def option(default: Any = MISSING, doc: str = "", *, default_factory: Any = None
     if default_factory is not None:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
+
+
+def check_choice(key: str, value: object, choices: Sequence[object]) -> None:
+    """Raise ``ValueError("<key> must be one of ...")`` unless ``value`` is in ``choices``.
+
+    A schema's ``__post_init__`` calls it, so a bad fixed-choice value is a one-line
+    configuration error when the config loads, like an unknown key.
+    """
+    if value not in choices:
+        names = ", ".join(str(c) for c in choices)
+        raise ValueError(f"{key} must be one of {names}; got {value!r}")
 
 
 @dataclasses.dataclass
@@ -108,29 +122,47 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _plain(doc: str) -> str:
+    """Docs are written for Sphinx too; the terminal shows ``x`` as x."""
+    return re.sub(r"``([^`]+)``", r"\1", doc)
+
+
+def _default_text(f: dataclasses.Field[Any]) -> str:
+    if f.default is not dataclasses.MISSING:
+        return "(required)" if f.default is MISSING else f"(default: {f.default!r})"
+    if f.default_factory is not dataclasses.MISSING:
+        return f"(default: {f.default_factory()!r})"
+    return "(required)"
+
+
 def schema_help(schema: type) -> str:
-    """One line per option: ``--full.key  TYPE  (default: X)  doc``; sections as headers."""
+    """``--full.key  TYPE  (default: X)  doc`` per option: the command's own options first, then
+    one headed block per section (nested sections after their parent's options)."""
     lines: list[str] = []
 
-    def walk(tp: type, prefix: str, depth: int) -> None:
+    def walk(tp: type, prefix: str) -> None:
+        leaves, sections = [], []
         for f in dataclasses.fields(tp):
-            key = f"{prefix}{f.name}"
-            ftype = _field_type(tp, f)
-            doc = f.metadata.get("doc", "")
-            if _is_dataclass_type(ftype):
-                lines.append(f"\n[{key}]" + (f"  {doc}" if doc else ""))
-                walk(ftype, key + ".", depth + 1)
-                continue
-            if f.default is not dataclasses.MISSING:
-                default = "(required)" if f.default is MISSING else f"(default: {f.default!r})"
-            elif f.default_factory is not dataclasses.MISSING:
-                default = f"(default: {f.default_factory()!r})"
-            else:
-                default = "(required)"
-            lines.append(f"  --{key}  {_type_name(ftype)}  {default}" + (f"  {doc}" if doc else ""))
+            (sections if _is_dataclass_type(_field_type(tp, f)) else leaves).append(f)
+        for f in leaves:
+            doc = _plain(f.metadata.get("doc", ""))
+            lines.append(
+                f"  --{prefix}{f.name}  {_type_name(_field_type(tp, f))}  {_default_text(f)}"
+                + (f"  {doc}" if doc else "")
+            )
+        for f in sections:
+            doc = _plain(f.metadata.get("doc", ""))
+            lines.append(f"\n[{prefix}{f.name}]" + (f"  {doc}" if doc else ""))
+            walk(_field_type(tp, f), f"{prefix}{f.name}.")
 
-    walk(schema, "", 0)
-    return "\n".join(lines).lstrip("\n")
+    lines.append("Options:")
+    walk(schema, "")
+    return "\n".join(lines)
+
+
+def schema_defaults_yaml(schema: type) -> str:
+    """The schema's defaults as YAML; required keys show as ``???`` (not set)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(schema))
 
 
 # ----------------------------------------------------------------------------- errors
@@ -182,6 +214,21 @@ def _read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
+_NULLS = ("null", "none", "~")
+
+
+def _type_at(schema: type, key: str) -> Any:
+    tp: Any = schema
+    for part in key.split("."):
+        f = next(f for f in dataclasses.fields(tp) if f.name == part)
+        tp = _field_type(tp, f)
+    return tp
+
+
+def _is_optional(tp: Any) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
+
+
 def load_config(
     schema: type[T],
     config_paths: Sequence[str | os.PathLike[str]] = (),
@@ -213,6 +260,8 @@ def load_config(
         key = raw_key.replace("-", "_")
         if key not in paths:
             raise ConfigError(f"command line: unknown config key '{key}'.{_suggest(key, paths)}")
+        if isinstance(value, str) and value.lower() in _NULLS and _is_optional(_type_at(schema, key)):
+            value = None  # --checkpoint.init null: the shell has no other way to say None
         try:
             OmegaConf.update(cfg, key, value, merge=True)
         except OmegaConfBaseException as exc:

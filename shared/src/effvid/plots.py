@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from effvid.io import atomic_path
 
-__all__ = ["Point", "Series", "plot_tradeoff"]
+__all__ = ["Point", "Series", "plot_results", "plot_tradeoff"]
 
 
 @dataclass(frozen=True)
@@ -98,3 +99,33 @@ def plot_tradeoff(
             fig.savefig(tmp, format="png")
     finally:
         plt.close(fig)
+
+
+def plot_results(
+    rows: Sequence[Any],
+    path: str | os.PathLike[str],
+    *,
+    metric: str | None = None,
+    title: str | None = None,
+) -> None:
+    """Draw :class:`~effvid.reports.ResultRow` s: rows of a method with several settings as one
+    labelled curve, single-row methods as markers - so several methods share one figure."""
+    by_method: dict[str, list[Any]] = {}
+    for r in rows:
+        by_method.setdefault(r.method, []).append(r)
+    series, points = [], []
+    for method, group in by_method.items():
+        if len(group) == 1:
+            r = group[0]
+            points.append(Point(r.label, r.gmacs_per_video, 100 * r.accuracy(metric)))
+        else:
+            series.append(
+                Series(
+                    method,
+                    [r.gmacs_per_video for r in group],
+                    [100 * r.accuracy(metric) for r in group],
+                    labels=[r.setting for r in group],
+                )
+            )
+    name = metric or next(iter(rows[0].metrics))
+    plot_tradeoff(series, path, baselines=points, title=title, ylabel=f"{name} (%)")

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-from effvid.config import MISSING, RunConfig, option
-from effvid.data import FRAMEEXIT_ORDER, TransformConfig
-from effvid.engine import EngineConfig
+from effvid.config import MISSING, RunConfig, check_choice, option
+from effvid.data import DataConfig
+from effvid.engine import EngineConfig, RuntimeConfig
+from frameexit.data import frameexit_data_config
 
 __all__ = [
     "CheckpointConfig",
-    "DataConfig",
+    "ConvertConfig",
     "DemoConfig",
     "InferConfig",
     "ModelConfig",
@@ -19,33 +21,9 @@ __all__ = [
 ]
 
 
-def _frameexit_transform() -> TransformConfig:
-    return TransformConfig(style="frameexit", resize=224, crop=224, train_crop="center", flip=False)
-
-
-@dataclass
-class DataConfig:
-    name: str = option(
-        "activitynet1.3",
-        "label format: activitynet1.3 | minikinetics | list (generic 'key num_frames label...')",
-    )
-    storage: str = option("frames", "frames (a folder of frame folders) | lmdb | video")
-    path_frame: str = option(MISSING, "frame root folder, LMDB or video folder")
-    path_split: str | None = option(None, "split file of video keys (activitynet1.3, minikinetics)")
-    path_label: str | None = option(None, "ActivityNet JSON, Kinetics CSV, or the generic list")
-    path_classid: str | None = option(None, "class names, one per line (the line is the class index)")
-    frame_pattern: str | None = option(None, "glob of frame file names (the original read only *.jpeg)")
-    lmdb_readahead: bool = option(
-        False, "storage lmdb: let the kernel read ahead (faster from a cold cache; see benchmarks/data.md)"
-    )
-    num_frames: int = option(10, "frames sampled uniformly per video (T)")
-    order: list[int] = option(
-        doc="processing order over the sampled frames", default_factory=lambda: list(FRAMEEXIT_ORDER)
-    )
-    batch_size: int = option(16, "videos advanced together")
-    num_workers: int = option(0, "decoding threads (inference) / DataLoader workers (training)")
-    on_missing: str = option("raise", "a listed video missing from storage: raise | skip (logged, counted)")
-    transform: TransformConfig = option(doc="frame preprocessing", default_factory=_frameexit_transform)
+def _probability(key: str, value: float) -> None:
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise ValueError(f"{key} must be a probability in [0, 1]; got {value}")
 
 
 @dataclass
@@ -57,27 +35,42 @@ class ModelConfig:
     first_threshold: float = option(0.99, "exit at step 0 when the max softmax probability exceeds this")
     gate_threshold: float = option(0.5, "exit at a later step when the gate's exit probability exceeds this")
 
+    def __post_init__(self) -> None:
+        _probability("model.first_threshold", self.first_threshold)
+        _probability("model.gate_threshold", self.gate_threshold)
+        if self.num_class < 1 or self.hidden < 1:
+            raise ValueError("model.num_class and model.hidden must be >= 1")
+
 
 @dataclass
 class CheckpointConfig:
     init: str | None = option(None, "weights to load: our model.pt, or an authors' .pth with format=original")
     format: str = option("effvid", "effvid | original (the authors' DataParallel checkpoints)")
 
+    def __post_init__(self) -> None:
+        check_choice("checkpoint.format", self.format, ("effvid", "original"))
+
 
 @dataclass
 class InferConfig(RunConfig):
-    data: DataConfig = option(doc="data", default_factory=DataConfig)
+    data: DataConfig = option(doc="data", default_factory=frameexit_data_config)
     model: ModelConfig = option(doc="model", default_factory=ModelConfig)
     checkpoint: CheckpointConfig = option(doc="weights", default_factory=CheckpointConfig)
-    device: str = option("auto", "auto | cpu | cuda")
+    engine: RuntimeConfig = option(doc="device and precision", default_factory=RuntimeConfig)
     stream: bool = option(True, "decode each frame only when a video reaches its step (frames/LMDB)")
     max_steps: int | None = option(None, "stop every video after this many frames (fixed-frame baseline)")
     no_exit: bool = option(False, "disable exiting: every video uses its max_steps frames")
 
+    def __post_init__(self) -> None:
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+
 
 @dataclass
 class TrainConfig(RunConfig):
-    data: DataConfig = option(doc="training data (path_label: the training list)", default_factory=DataConfig)
+    data: DataConfig = option(
+        doc="training data (path_label: the training list)", default_factory=frameexit_data_config
+    )
     model: ModelConfig = option(doc="model", default_factory=ModelConfig)
     checkpoint: CheckpointConfig = option(
         doc="initial weights (stage 2 starts from stage 1)", default_factory=CheckpointConfig
@@ -91,6 +84,13 @@ class TrainConfig(RunConfig):
     weight_decay: float = option(0.0, "Adam weight decay")
     engine: EngineConfig = option(doc="engine", default_factory=EngineConfig)
 
+    def __post_init__(self) -> None:
+        check_choice("stage", self.stage, (1, 2))
+        for key in ("beta", "lr", "weight_decay"):
+            value = getattr(self, key)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{key} must be a finite number >= 0; got {value}")
+
 
 @dataclass
 class SweepConfig(InferConfig):
@@ -98,17 +98,35 @@ class SweepConfig(InferConfig):
         doc="gate thresholds to sweep", default_factory=lambda: [0.3, 0.5, 0.7, 0.9, 0.99]
     )
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for t in self.thresholds:
+            _probability("thresholds", t)
+
+
+@dataclass
+class ConvertConfig(RunConfig):
+    src: str = option(MISSING, "the authors' checkpoint (.pth, DataParallel state dict)")
+    dst: str = option(MISSING, "where to write our model.pt")
+    num_frames: int = option(10, "frames (classifiers) of the checkpoint")
+    model: ModelConfig = option(doc="model", default_factory=ModelConfig)
+
+
+def _demo_data() -> DataConfig:
+    data = frameexit_data_config()
+    data.format, data.storage, data.path_frame = "list", "lmdb", "(generated)"
+    return data
+
 
 @dataclass
 class DemoConfig(RunConfig):
     root: str = option(
         "data/synthetic-frameexit", "where the synthetic benchmark is generated (reused if present)"
     )
-    storage: str = option("lmdb", "storage of the generated benchmark: frames | lmdb | video")
     num_videos: int = option(960, "videos generated (75% train, 25% val)")
     data: DataConfig = option(
-        doc="data options (storage and paths are set by the demo)",
-        default_factory=lambda: DataConfig(name="list", path_frame="(generated)"),
+        doc="data options (data.storage: the generated benchmark's storage; its paths are set by the demo)",
+        default_factory=_demo_data,
     )
     model: ModelConfig = option(doc="model", default_factory=ModelConfig)
     stage1: EngineConfig = option(doc="stage-1 and baseline training", default_factory=EngineConfig)

@@ -7,8 +7,9 @@
 convolutions (4096->128->64) whose sigmoid means "continue", and ``classifiers.{0..9}``.
 
 Conversion renames every key, reshapes the 1x1 convolutions to linear weights and negates the
-gates' final layer (our gates output the probability of exiting), then loads strictly: a
-missing, unexpected or mis-shaped key is an error listing all of them.
+gates' final layer (our gates output the probability of exiting); the converter is registered
+as ``frameexit/original`` with the core, whose :func:`~effvid.model_files.load_weights` reads
+the file and loads strictly: a missing, unexpected or mis-shaped key is an error listing all.
 """
 
 from __future__ import annotations
@@ -18,10 +19,13 @@ import re
 
 import torch
 
-from effvid.checkpoint import load_checked, load_state_dict_file, remap_state_dict
+from effvid.checkpoint import remap_state_dict
+from effvid.model_files import load_weights, register_converter
 from frameexit.model import FrameExitModel
 
-__all__ = ["convert_original_state_dict", "load_original_checkpoint"]
+__all__ = ["KIND", "convert_original_state_dict", "load_original_checkpoint"]
+
+KIND = "frameexit"
 
 RULES = [
     (r"^backbone\.0\.", "backbone.conv1."),
@@ -37,6 +41,7 @@ RULES = [
 ]
 
 
+@register_converter(KIND, "original")
 def convert_original_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename/reshape/negate an original state dict (with or without ``module.``) to ours."""
     if state and all(k.startswith("module.") for k in state):
@@ -52,5 +57,4 @@ def convert_original_state_dict(state: dict[str, torch.Tensor]) -> dict[str, tor
 
 def load_original_checkpoint(model: FrameExitModel, path: str | os.PathLike[str]) -> None:
     """Load an authors' checkpoint file into ``model`` (strict; see the module docstring)."""
-    state = load_state_dict_file(path)
-    load_checked(model, convert_original_state_dict(state), source=str(path))
+    load_weights(model, path, kind=KIND, fmt="original")

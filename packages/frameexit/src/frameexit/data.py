@@ -1,70 +1,60 @@
-"""Datasets from a :class:`~frameexit.config.DataConfig`."""
+"""FrameExit's data pieces, registered into the core: its frame order and its preprocessing style.
+
+``frameexit`` transform style: the exact preprocessing of the FrameExit original, for
+reproducing its numbers - uint8 -> float in [0, 1], bilinear ``F.interpolate`` without
+antialiasing to short side S (long side ``int(S * long / short)``), centre crop at
+``int(round((h - S) / 2))``, normalisation.
+"""
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Sequence
 
-from effvid.data import (
-    DataError,
-    VideoClassificationDataset,
-    build_transform,
-    open_storage,
-    read_activitynet,
-    read_class_list,
-    read_generic_list,
-    read_kinetics_csv,
-    read_split_file,
-    uniform_indices,
-)
-from frameexit.config import DataConfig
+import torch
+import torch.nn.functional as F
 
-__all__ = ["build_dataset"]
+from effvid.config import MISSING
+from effvid.data import TRANSFORMS, DataConfig, TransformConfig
+
+__all__ = ["FRAMEEXIT_ORDER", "FrameExitPreprocess", "frameexit_data_config"]
+
+#: FrameExit's processing order over its 10 uniformly sampled frames: middle, first, last, ...
+FRAMEEXIT_ORDER = (5, 0, 9, 2, 7, 4, 6, 3, 8, 1)
 
 
-def _need(cfg: DataConfig, *keys: str) -> None:
-    for key in keys:
-        if getattr(cfg, key) is None:
-            raise DataError(f"data.name '{cfg.name}' needs data.{key}")
+class FrameExitPreprocess:
+    """FrameExit's ToTensor -> Resize(S) -> CenterCrop(S) -> Normalize, on a (T, C, H, W) uint8 clip."""
+
+    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.size = size
+        self.mean = torch.tensor(mean).view(1, -1, 1, 1)
+        self.std = torch.tensor(std).view(1, -1, 1, 1)
+
+    def __call__(self, clip: torch.Tensor) -> torch.Tensor:
+        x = clip.float() / 255.0 if clip.dtype == torch.uint8 else clip.float()
+        h, w = x.shape[-2:]
+        s = self.size
+        new = (s, int(s * w / h)) if h <= w else (int(s * h / w), s)
+        x = F.interpolate(x, size=new, mode="bilinear", align_corners=False, antialias=False)
+        top = int(round((new[0] - s) / 2.0))
+        left = int(round((new[1] - s) / 2.0))
+        x = x[..., top : top + s, left : left + s]
+        return (x - self.mean) / self.std
 
 
-def build_dataset(cfg: DataConfig, *, num_classes: int, train: bool = False) -> VideoClassificationDataset:
-    """Records from the configured format over the configured storage; clips of ``num_frames``
-    uniformly sampled frames (FrameExit's rule) in ``order``."""
-    if sorted(cfg.order) != list(range(cfg.num_frames)):
-        raise DataError(f"data.order {cfg.order} must be a permutation of 0..{cfg.num_frames - 1}")
-    kwargs: dict[str, object] = {}
-    if cfg.storage == "frames" and cfg.frame_pattern:
-        kwargs["pattern"] = cfg.frame_pattern
-    if cfg.storage == "lmdb" and cfg.lmdb_readahead:
-        kwargs["readahead"] = True
-    storage = open_storage(cfg.storage, cfg.path_frame, **kwargs)
-    multi_label = False
-    if cfg.name == "activitynet1.3":
-        _need(cfg, "path_label", "path_classid")
-        keys = read_split_file(cfg.path_split) if cfg.path_split else None
-        records = read_activitynet(cfg.path_label, read_class_list(cfg.path_classid), keys=keys)
-        multi_label = True
-    elif cfg.name == "minikinetics":
-        _need(cfg, "path_label", "path_classid")
-        keys = read_split_file(cfg.path_split) if cfg.path_split else None
-        records = read_kinetics_csv(cfg.path_label, read_class_list(cfg.path_classid), keys=keys)
-    elif cfg.name == "list":
-        _need(cfg, "path_label")
-        records = read_generic_list(cfg.path_label, num_classes=num_classes)
-        multi_label = any(len(r.labels) > 1 for r in records)
-    else:
-        raise DataError(f"data.name must be activitynet1.3, minikinetics or list, got '{cfg.name}'")
-    if cfg.path_classid:
-        found = len(read_class_list(cfg.path_classid))
-        if found != num_classes:
-            raise DataError(f"{cfg.path_classid} lists {found} classes but model.num_class is {num_classes}")
-    return VideoClassificationDataset(
-        records,
-        storage,
-        sampler=functools.partial(uniform_indices, n=cfg.num_frames),
-        num_classes=num_classes,
-        transform=build_transform(cfg.transform, train=train),
-        multi_label=multi_label,
-        order=cfg.order,
-        on_missing=cfg.on_missing,
+@TRANSFORMS.register("frameexit")
+def _frameexit_style(cfg: TransformConfig, train: bool) -> FrameExitPreprocess:
+    if cfg.resize != cfg.crop:
+        raise ValueError("the frameexit preprocessing resizes and crops to one size: set resize == crop")
+    return FrameExitPreprocess(cfg.crop, cfg.mean, cfg.std)
+
+
+def frameexit_data_config() -> DataConfig:
+    """The data defaults of FrameExit's commands: ActivityNet, 10 uniform frames in FrameExit's
+    order, the original's preprocessing at 224."""
+    return DataConfig(
+        format="activitynet1.3",
+        path_frame=MISSING,
+        order=list(FRAMEEXIT_ORDER),
+        transform=TransformConfig(style="frameexit", resize=224, crop=224, train_crop="center", flip=False),
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -14,8 +13,9 @@ import torch
 from tqdm import tqdm
 
 from effvid.data import VideoClassificationDataset
-from effvid.io import atomic_write_json, atomic_write_text
+from effvid.io import atomic_write_json
 from effvid.metrics import HitAt1, VideoMAP
+from effvid.reports import write_predictions
 from frameexit.inference import early_exit, measure_unit_costs, video_macs
 from frameexit.model import FrameExitModel
 
@@ -31,7 +31,7 @@ class Evaluation:
         """``metrics_<name>.json`` and ``predictions.jsonl`` (one line per video), atomically."""
         run_dir = Path(run_dir)
         atomic_write_json(run_dir / f"metrics_{name}.json", self.metrics)
-        atomic_write_text(run_dir / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in self.rows))
+        write_predictions(run_dir / "predictions.jsonl", self.rows)
 
     def summary(self) -> str:
         m = self.metrics
@@ -98,10 +98,20 @@ def evaluate_dataset(
             ids = list(range(start, min(start + batch_size, len(dataset))))
             load_step = _step_loader(dataset, ids, stream=stream, pool=pool)
             result = early_exit(model, load_step, len(ids), device=device, max_steps=steps, exits=exits)
+            bad = [
+                dataset.records[ids[j]].key
+                for j in range(len(ids))
+                if not torch.isfinite(result.logits[j]).all()
+            ]
+            if bad:
+                raise FloatingPointError(
+                    f"the model gave non-finite class scores for {len(bad)} video(s), first '{bad[0]}'; "
+                    "check the weights (--checkpoint.init) and the input frames"
+                )
             targets = torch.stack([dataset.label(i) for i in ids])
             hit1.update((result.probs, targets))
             mean_ap.update((result.probs, targets))
-            macs = video_macs(result.exit_step, costs, model.num_frames, exits=exits)
+            macs = video_macs(result.exit_step, costs, steps, exits=exits)  # the capped run's gates
             for j, i in enumerate(ids):
                 rows.append(
                     {

@@ -101,7 +101,11 @@ def video_macs(
     exit_step: torch.Tensor, costs: UnitCosts, num_frames: int, *, exits: bool = True
 ) -> dict[str, torch.Tensor]:
     """Per-video MACs actually spent: ``total`` (backbone + MLP + gates + classifiers) and
-    ``backbone`` (the papers' figure: processed frames x backbone cost)."""
+    ``backbone`` (the papers' figure: processed frames x backbone cost).
+
+    ``num_frames`` is the number of steps the run allowed (``max_steps`` when capped): the last
+    allowed step exits without consulting its gate.
+    """
     frames = exit_step + 1
     if exits:
         gates = torch.clamp(exit_step, max=num_frames - 2)  # steps 1..min(exit, T-2) consulted a gate

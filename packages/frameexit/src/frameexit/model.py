@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from effvid.models import get_backbone
+from effvid.models import Backbone, get_backbone
 
 __all__ = ["ExitGate", "FrameExitModel"]
 
@@ -50,19 +50,20 @@ class FrameExitModel(nn.Module):
     """Backbone + per-frame MLP + running max + one classifier per step + T-1 exit gates.
 
     Args:
-        backbone: name in the effvid registry (``resnet50`` for the authors' checkpoints).
+        backbone: a built :class:`~effvid.models.Backbone`, or a name in the effvid registry
+            (``resnet50`` for the authors' checkpoints).
         num_classes: classifier outputs.
         num_frames: T, the most frames a video can use.
         hidden: D, the per-frame MLP width (4096 in the paper).
         first_threshold: step-0 confidence needed to exit (strictly greater).
         gate_threshold: exit probability a gate needs to stop (strictly greater).
-        backbone_kwargs: extra builder arguments (e.g. ``{"width": 16}`` for ``tiny_cnn``).
+        backbone_kwargs: extra builder arguments for a named backbone (``{"width": 16}`` for ``tiny_cnn``).
     """
 
     def __init__(
         self,
         *,
-        backbone: str = "resnet50",
+        backbone: str | Backbone = "resnet50",
         num_classes: int,
         num_frames: int = 10,
         hidden: int = 4096,
@@ -75,7 +76,11 @@ class FrameExitModel(nn.Module):
             raise ValueError(f"FrameExit needs num_frames >= 2, got {num_frames}")
         self.num_frames, self.num_classes, self.hidden = num_frames, num_classes, hidden
         self.first_threshold, self.gate_threshold = first_threshold, gate_threshold
-        self.backbone = get_backbone(backbone, **(backbone_kwargs or {}))
+        if isinstance(backbone, str):
+            backbone = get_backbone(backbone, **(backbone_kwargs or {}))
+        elif backbone_kwargs:
+            raise ValueError("backbone_kwargs apply to a backbone given by name, not to a built one")
+        self.backbone = backbone
         self.mlp = nn.Sequential(
             nn.Linear(self.backbone.num_features, hidden), nn.BatchNorm1d(hidden), nn.ReLU()
         )

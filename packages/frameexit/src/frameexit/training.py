@@ -1,108 +1,146 @@
-"""The two training stages on the effvid engine (the original repository has no training code)."""
+"""The two training stages on the effvid engine (the original repository has no training code).
+
+Each stage is a *training module* (``forward(batch) -> (loss, logs)``, so DistributedDataParallel
+sees the loss computed in ``forward``) run by one shared loop, :func:`fit`.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 
-from effvid.data import VideoClassificationDataset, worker_init_fn
-from effvid.engine import (
-    EngineConfig,
-    make_dataloader,
-    resolve_device,
-    seed_everything,
-    setup_trainer,
-    to_device,
-)
+from effvid.data import DataConfig, VideoClassificationDataset, worker_init_fn
+from effvid.engine import EngineConfig, make_dataloader, run_trainer, setup_trainer
 from frameexit.losses import gate_loss, gate_pseudo_labels, step_cross_entropy, step_losses
 from frameexit.model import FrameExitModel
 
-__all__ = ["train_stage1", "train_stage2"]
+__all__ = ["GateObjective", "StepObjective", "fit", "train_stage1", "train_stage2"]
 
 
-def _loader(dataset: VideoClassificationDataset, cfg: EngineConfig) -> torch.utils.data.DataLoader:
-    return make_dataloader(
-        dataset, cfg, train=True, worker_init_fn=worker_init_fn, drop_last=len(dataset) > cfg.batch_size
+class StepObjective(nn.Module):
+    """Stage 1: cross-entropy of every step's classifier on the running max (``last_step_only``:
+    only the all-frames classifier - the static max-pooling baseline)."""
+
+    def __init__(self, model: FrameExitModel, *, last_step_only: bool = False) -> None:
+        super().__init__()
+        self.model, self.last_step_only = model, last_step_only
+
+    def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        logits, _ = self.model.step_logits(batch["video"])
+        if self.last_step_only:
+            logits = logits[:, -1:]
+        return step_cross_entropy(logits, batch["label"]), {}
+
+
+class GateObjective(nn.Module):
+    """Stage 2: the gates on pseudo-labels ``1[CE_t <= beta * exp(t/2)]`` of the frozen model."""
+
+    def __init__(self, model: FrameExitModel, *, beta: float) -> None:
+        super().__init__()
+        self.model, self.beta = model, beta
+
+    def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        t = batch["video"].shape[1]
+        with torch.no_grad():
+            logits, z = self.model.step_logits(batch["video"])
+            ce = step_losses(logits, batch["label"])[:, 1 : t - 1]  # steps whose gate is consulted
+            labels = gate_pseudo_labels(ce, self.beta)
+        loss = gate_loss(self.model.gate_logits(z[:, : t - 1]), labels)
+        return loss, {"exit_label_rate": float(labels.mean())}
+
+
+def _only_trainable(model: nn.Module, params: Iterable[nn.Parameter]) -> list[nn.Parameter]:
+    """Freeze everything but ``params`` (DDP needs every parameter that requires grad to get one)."""
+    chosen = list(params)
+    ids = {id(p) for p in chosen}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in ids)
+    return chosen
+
+
+def fit(
+    objective: nn.Module,
+    params: list[nn.Parameter],
+    dataset: VideoClassificationDataset,
+    data: DataConfig,
+    cfg: EngineConfig,
+    run_dir: str | Path,
+    *,
+    lr: float,
+    weight_decay: float = 0.0,
+    cosine: bool = True,
+    trainable: Callable[[], None] | None = None,
+) -> bool:
+    """Adam on ``params`` (cosine-annealed per iteration), the core's trainer, ``cfg.epochs``.
+    Returns False when ``run_dir`` already held the finished run (nothing trained)."""
+    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    loader = make_dataloader(
+        dataset,
+        batch_size=data.batch_size,
+        train=True,
+        seed=cfg.seed,
+        num_workers=data.num_workers,
+        worker_init_fn=worker_init_fn,
+        drop_last=len(dataset) > data.batch_size,
     )
+    sched = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * len(loader))
+        if cosine
+        else None
+    )
+    trainer = setup_trainer(
+        module=objective,
+        optimizer=optimizer,
+        cfg=cfg,
+        run_dir=run_dir,
+        lr_scheduler=sched,
+        trainable=trainable,
+    )
+    return run_trainer(trainer, loader, epochs=cfg.epochs)
 
 
 def train_stage1(
     model: FrameExitModel,
     dataset: VideoClassificationDataset,
+    data: DataConfig,
     cfg: EngineConfig,
     run_dir: str | Path,
     *,
     lr: float,
     weight_decay: float = 0.0,
     last_step_only: bool = False,
-) -> FrameExitModel:
-    """Backbone + MLP + every step's classifier, cross-entropy at every step on the running max
-    (``last_step_only``: only the all-frames classifier - the static max-pooling baseline)."""
-    seed_everything(cfg.seed, deterministic=cfg.deterministic)
-    device = resolve_device(cfg.device)
-    model.to(device)
-    params = [p for n, p in model.named_parameters() if not n.startswith("gates.")]
-    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    loader = _loader(dataset, cfg)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * len(loader))
-
-    def loss_fn(batch):
-        batch = to_device(batch, device)
-        logits, _ = model.step_logits(batch["video"])
-        if last_step_only:
-            logits = logits[:, -1:]
-        loss = step_cross_entropy(logits, batch["label"])
-        return loss, {}
-
-    trainer = setup_trainer(
-        model=model, optimizer=optimizer, loss_fn=loss_fn, cfg=cfg, run_dir=run_dir, lr_scheduler=sched
+) -> bool:
+    """Backbone + MLP + every step's classifier (or only the last one: the static baseline)."""
+    heads = model.classifiers[-1:] if last_step_only else model.classifiers
+    params = _only_trainable(
+        model, [*model.backbone.parameters(), *model.mlp.parameters(), *heads.parameters()]
     )
-    trainer.run(loader, max_epochs=cfg.epochs)
-    return model
+    objective = StepObjective(model, last_step_only=last_step_only)
+    return fit(objective, params, dataset, data, cfg, run_dir, lr=lr, weight_decay=weight_decay)
 
 
 def train_stage2(
     model: FrameExitModel,
     dataset: VideoClassificationDataset,
+    data: DataConfig,
     cfg: EngineConfig,
     run_dir: str | Path,
     *,
     beta: float,
     lr: float,
-) -> FrameExitModel:
-    """Exit gates on pseudo-labels ``1[CE_t <= beta * exp(t/2)]`` of the frozen stage-1 model.
-
-    Only the gates of steps 1..T-2 learn (the last step always exits); backbone, MLP and classifiers
-    stay frozen, BatchNorm included (eval mode)."""
-    seed_everything(cfg.seed, deterministic=cfg.deterministic)
-    device = resolve_device(cfg.device)
-    model.to(device)
-    for p in model.parameters():
-        p.requires_grad_(False)
+) -> bool:
+    """Only the gates of steps 1..T-2 learn (the last step always exits); backbone, MLP and
+    classifiers stay frozen, BatchNorm statistics included (eval mode)."""
     used = model.gates[: model.num_frames - 2]
-    for p in used.parameters():
-        p.requires_grad_(True)
-    optimizer = torch.optim.Adam(used.parameters(), lr=lr)
+    params = _only_trainable(model, used.parameters())
+    objective = GateObjective(model, beta=beta)
 
     def trainable() -> None:
-        model.eval()
+        objective.eval()
         used.train()
 
-    def loss_fn(batch):
-        batch = to_device(batch, device)
-        t = batch["video"].shape[1]
-        with torch.no_grad():
-            logits, z = model.step_logits(batch["video"])
-            ce = step_losses(logits, batch["label"])[:, 1 : t - 1]  # steps whose gate is consulted
-            labels = gate_pseudo_labels(ce, beta)
-        loss = gate_loss(model.gate_logits(z[:, : t - 1]), labels)
-        return loss, {"exit_label_rate": float(labels.mean())}
-
-    trainer = setup_trainer(
-        model=model, optimizer=optimizer, loss_fn=loss_fn, cfg=cfg, run_dir=run_dir, trainable=trainable
-    )
-    trainer.run(_loader(dataset, cfg), max_epochs=cfg.epochs)
-    for p in model.parameters():
-        p.requires_grad_(True)
-    return model
+    return fit(objective, params, dataset, data, cfg, run_dir, lr=lr, cosine=False, trainable=trainable)

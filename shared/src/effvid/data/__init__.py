@@ -1,7 +1,10 @@
 """Video data, in three separate concerns: storage (frame folders, LMDB, video files), decoding
-(OpenCV) and sampling (pure functions); plus transforms, the standard datasets' list formats,
-datasets built from them, and the synthetic benchmark."""
+(OpenCV) and frame sampling (pure functions); plus transforms, the standard datasets' list
+formats, datasets built from them (``DataConfig`` + ``build_dataset``, through the registries
+a package can extend), and the synthetic benchmark."""
 
+from effvid.data.build import build_dataset, build_frame_sampler, open_configured_storage
+from effvid.data.config import DataConfig
 from effvid.data.datasets import SegmentationClipDataset, VideoClassificationDataset, check_records
 from effvid.data.decode import decode_image, encode_jpeg, encode_png, worker_init_fn
 from effvid.data.errors import DataError
@@ -21,18 +24,12 @@ from effvid.data.formats import (
     read_youtube_ids,
     youtube_id,
 )
-from effvid.data.sampling import (
-    FRAMEEXIT_ORDER,
-    apply_order,
-    dense_clip_indices,
-    segment_indices,
-    uniform_indices,
-)
+from effvid.data.frame_sampling import apply_order, dense_clip_indices, segment_indices, uniform_indices
+from effvid.data.registries import FORMATS, FRAME_SAMPLERS, STORAGES, TRANSFORMS, Listing
 from effvid.data.storage import (
     FileListStorage,
     FrameFolderStorage,
     LmdbStorage,
-    StorageKind,
     VideoFileStorage,
     VideoStorage,
     close_lmdb_envs,
@@ -40,18 +37,21 @@ from effvid.data.storage import (
     write_lmdb,
 )
 from effvid.data.synthetic import SyntheticInfo, SyntheticSpec, generate
-from effvid.data.transforms import FrameExitPreprocess, TransformConfig, build_transform
+from effvid.data.transforms import TransformConfig, build_transform
 
 __all__ = [
-    "FRAMEEXIT_ORDER",
+    "FORMATS",
+    "FRAME_SAMPLERS",
+    "STORAGES",
+    "TRANSFORMS",
+    "DataConfig",
     "DataError",
     "FileListStorage",
-    "FrameExitPreprocess",
     "FrameFolderStorage",
+    "Listing",
     "LmdbStorage",
     "SegmentationClipDataset",
     "SegmentationRecord",
-    "StorageKind",
     "SyntheticInfo",
     "SyntheticSpec",
     "TransformConfig",
@@ -60,6 +60,8 @@ __all__ = [
     "VideoRecord",
     "VideoStorage",
     "apply_order",
+    "build_dataset",
+    "build_frame_sampler",
     "build_transform",
     "check_records",
     "close_lmdb_envs",
@@ -68,6 +70,7 @@ __all__ = [
     "encode_jpeg",
     "encode_png",
     "generate",
+    "open_configured_storage",
     "open_storage",
     "read_activitynet",
     "read_cityscapes",

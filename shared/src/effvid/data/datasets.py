@@ -9,18 +9,20 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
+from torchvision import tv_tensors
 
 from effvid.data.errors import DataError
 from effvid.data.formats import SegmentationRecord, VideoRecord
-from effvid.data.sampling import apply_order
+from effvid.data.frame_sampling import apply_order
 from effvid.data.storage import VideoStorage
+from effvid.draws import Draw, seeded, split_item
 
 __all__ = ["SegmentationClipDataset", "VideoClassificationDataset", "check_records"]
 
 log = logging.getLogger(__name__)
 
-Sampler = Callable[[int], Sequence[int]]
-Transform = Callable[[torch.Tensor], torch.Tensor]
+Sampler = Callable[..., Sequence[int]]
+Transform = Callable[..., Any]
 
 
 def check_records(records: Sequence[Any], storage: VideoStorage, *, on_missing: str = "raise") -> list[Any]:
@@ -67,12 +69,13 @@ class VideoClassificationDataset(torch.utils.data.Dataset):
 
     ``__getitem__(i)`` -> ``{"video": (T, C, H, W) float (after ``transform``), "label": int64 scalar
     (single-label) or float multi-hot (num_classes,), "key": str, "index": int}``; the default
-    collate makes ``video`` (B, T, C, H, W).
+    collate makes ``video`` (B, T, C, H, W). Given a :class:`~effvid.draws.Draw` (what the
+    training sampler yields), frame sampling and augmentation draw from that sample's seed.
 
     Args:
         records: videos and labels (see :mod:`effvid.data.formats`).
         storage: where the frames are.
-        sampler: frame count -> frame indices (bind mode/rng/n with ``functools.partial``).
+        sampler: ``sampler(frame count, rng=Generator | None) -> frame indices``.
         transform: (T, C, H, W) uint8 -> tensor; None keeps uint8.
         num_classes: size of the label space.
         multi_label: return multi-hot labels instead of the first label.
@@ -113,15 +116,15 @@ class VideoClassificationDataset(torch.utils.data.Dataset):
             return target
         return torch.tensor(labels[0], dtype=torch.int64)
 
-    def frame_indices(self, i: int) -> list[int]:
-        """The sampled frame indices of video ``i``, in processing order."""
+    def frame_indices(self, i: int, rng: np.random.Generator | None = None) -> list[int]:
+        """The sampled frame indices of video ``i``, in processing order (``rng``: training draws)."""
         record = self.records[i]
         count = self.storage.num_frames(record.key)
         if record.num_frames is not None and record.num_frames > count:
             raise DataError(
                 f"video '{record.key}': the list says {record.num_frames} frames, storage has {count}"
             )
-        return apply_order(list(self.sampler(count)), self.order)
+        return apply_order(list(self.sampler(count, rng=rng)), self.order)
 
     def load_frames(
         self, i: int, positions: Sequence[int], indices: Sequence[int] | None = None
@@ -136,11 +139,12 @@ class VideoClassificationDataset(torch.utils.data.Dataset):
         clip = _to_clip(self.storage.read_frames(key, [indices[p] for p in positions]), key)
         return self.transform(clip) if self.transform is not None else clip
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        indices = self.frame_indices(i)
+    def __getitem__(self, item: int | Draw) -> dict[str, Any]:
+        i, seed = split_item(item)
         key = self.records[i].key
-        clip = _to_clip(self.storage.read_frames(key, indices), key)
-        video = self.transform(clip) if self.transform is not None else clip
+        with seeded(seed) as rng:
+            clip = _to_clip(self.storage.read_frames(key, self.frame_indices(i, rng)), key)
+            video = self.transform(clip) if self.transform is not None else clip
         return {"video": video, "label": self.label(i), "key": key, "index": i}
 
 
@@ -150,7 +154,9 @@ class SegmentationClipDataset(torch.utils.data.Dataset):
     ``__getitem__(i)`` -> ``{"video": (T, C, H, W), "mask": (H, W) int64, "key": str}``: frames
     ``labeled - (T-1)*distance, ..., labeled`` (clamped at 0) and the mask of the last one.
     ``mask_map`` maps stored label values to training ids (e.g. Cityscapes labelIds), other values
-    becoming ``ignore_index``.
+    becoming ``ignore_index``. ``transform`` is called as ``transform(video, mask)`` on
+    ``tv_tensors.Video`` / ``tv_tensors.Mask`` (one draw for both: a crop or flip moves the labels
+    with the pixels); the frames and mask must agree in size after it.
     """
 
     def __init__(
@@ -178,9 +184,8 @@ class SegmentationClipDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        import cv2
-
+    def __getitem__(self, item: int | Draw) -> dict[str, Any]:
+        i, seed = split_item(item)
         r = self.records[i]
         indices = [max(r.labeled_index - k * self.distance, 0) for k in reversed(range(self.clip_len))]
         clip = _to_clip(self.storage.read_frames(r.key, indices), r.key)
@@ -189,10 +194,18 @@ class SegmentationClipDataset(torch.utils.data.Dataset):
             raise DataError(f"clip '{r.key}': cannot read mask {r.mask_path}")
         if mask.ndim == 3:
             raise DataError(f"clip '{r.key}': mask {r.mask_path} must be a single-channel label image")
-        if mask.shape != tuple(clip.shape[-2:]):
+        labels = torch.from_numpy(self.lut[mask] if self.lut is not None else mask.astype(np.int64))
+        video, target = tv_tensors.Video(clip), tv_tensors.Mask(labels)
+        if self.transform is not None:
+            with seeded(seed):
+                video, target = self.transform(video, target)
+        if tuple(target.shape[-2:]) != tuple(video.shape[-2:]):
             raise DataError(
-                f"clip '{r.key}': mask {mask.shape} and frames {tuple(clip.shape[-2:])} differ in size"
+                f"clip '{r.key}': mask {tuple(target.shape[-2:])} ({r.mask_path.name}) and frames "
+                f"{tuple(video.shape[-2:])} differ in size after the transform"
             )
-        labels = self.lut[mask] if self.lut is not None else mask.astype(np.int64)
-        video = self.transform(clip) if self.transform is not None else clip
-        return {"video": video, "mask": torch.from_numpy(labels), "key": r.key}
+        return {
+            "video": video.as_subclass(torch.Tensor),
+            "mask": target.as_subclass(torch.Tensor),
+            "key": r.key,
+        }

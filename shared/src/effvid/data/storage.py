@@ -11,12 +11,12 @@ of videos. No pickles: any LMDB reader in any language can read it.
 from __future__ import annotations
 
 import abc
-import enum
 import json
 import os
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -27,7 +27,6 @@ __all__ = [
     "FileListStorage",
     "FrameFolderStorage",
     "LmdbStorage",
-    "StorageKind",
     "VideoFileStorage",
     "VideoStorage",
     "close_lmdb_envs",
@@ -45,6 +44,9 @@ def natural_key(name: str) -> list[object]:
 
 
 class VideoStorage(abc.ABC):
+    #: constructor keyword -> the ``data.*`` config key that sets it (see ``open_configured_storage``)
+    config_options: ClassVar[dict[str, str]] = {}
+
     """Read-only access to the frames of many videos, addressed by video key."""
 
     @abc.abstractmethod
@@ -86,6 +88,8 @@ class VideoStorage(abc.ABC):
 
 
 class FrameFolderStorage(VideoStorage):
+    config_options = {"pattern": "frame_pattern"}
+
     """``root/<video key>/<frame files>``; frames sorted in natural (numeric-aware) order.
 
     ``pattern`` is a glob for frame names (default: every ``.jpg``/``.jpeg``/``.png``).
@@ -202,6 +206,8 @@ def close_lmdb_envs(path: str | os.PathLike[str] | None = None) -> int:
 
 
 class LmdbStorage(VideoStorage):
+    config_options = {"readahead": "lmdb_readahead"}
+
     """One LMDB for a whole dataset (see the module docstring for its layout).
 
     The environment opens lazily, read-only, ``lock=False``, once per process (shared by every
@@ -399,20 +405,8 @@ class VideoFileStorage(VideoStorage):
         return [frames[i] for i in indices]
 
 
-class StorageKind(str, enum.Enum):
-    FRAMES = "frames"
-    LMDB = "lmdb"
-    VIDEO = "video"
+def open_storage(kind: str, path: str | os.PathLike[str], **options: Any) -> VideoStorage:
+    """Open a registered storage backend by name (``frames``, ``lmdb``, ``video``, or a package's)."""
+    from effvid.data.registries import STORAGES
 
-
-def open_storage(kind: str | StorageKind, path: str | os.PathLike[str], **kwargs: object) -> VideoStorage:
-    """Open a storage backend by kind: ``frames`` (folder of frame folders), ``lmdb``, ``video``."""
-    try:
-        kind = StorageKind(kind)
-    except ValueError:
-        raise DataError(f"unknown storage kind '{kind}'; expected one of: frames, lmdb, video") from None
-    if kind is StorageKind.FRAMES:
-        return FrameFolderStorage(path, **kwargs)  # type: ignore[arg-type]
-    if kind is StorageKind.LMDB:
-        return LmdbStorage(path, **kwargs)  # type: ignore[arg-type]
-    return VideoFileStorage(path, **kwargs)  # type: ignore[arg-type]
+    return STORAGES.get(kind)(path, **options)

@@ -1,12 +1,13 @@
 """Clip transforms on (T, C, H, W) tensors.
 
-Two families:
+Styles live in the ``TRANSFORMS`` registry; the core registers ``standard``: torchvision
+``transforms.v2`` (one random draw per clip, applied to every frame): short-side resize, centre /
+random / multi-scale crop, horizontal flip, normalisation. Packages register their own (the
+``frameexit`` package: the FrameExit original's exact preprocessing).
 
-* ``standard``: torchvision ``transforms.v2`` (one random draw per clip, applied to every frame):
-  short-side resize, centre / random / multi-scale crop, horizontal flip, normalisation;
-* ``frameexit``: the exact preprocessing of the FrameExit original, for reproducing its numbers -
-  uint8 -> float in [0, 1], bilinear ``F.interpolate`` without antialiasing to short side S (long
-  side ``int(S * long / short)``), centre crop at ``int(round((h - S) / 2))``, normalisation.
+Random draws come from the global torch/Python RNGs, which a training dataset seeds per sample
+(:func:`effvid.draws.seeded`), so augmentation is reproducible across workers and resumes.
+Segmentation clips go through the same transform as their mask (``tv_tensors.Video`` + ``Mask``).
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
+from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from effvid.config import option
+from effvid.config import check_choice, option
+from effvid.data.registries import TRANSFORMS
 
-__all__ = ["FrameExitPreprocess", "MultiScaleCrop", "TransformConfig", "build_transform"]
+__all__ = ["MultiScaleCrop", "TransformConfig", "build_transform"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -30,7 +32,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 @dataclass
 class TransformConfig:
     style: str = option(
-        "standard", "standard (torchvision v2) | frameexit (the original's exact preprocessing)"
+        "standard", "a registered style: standard (torchvision v2); frameexit (with the frameexit package)"
     )
     resize: int = option(256, "short side after resizing")
     crop: int = option(224, "square crop size")
@@ -40,36 +42,10 @@ class TransformConfig:
     std: list[float] = option(doc="normalisation std", default_factory=lambda: list(IMAGENET_STD))
 
     def __post_init__(self) -> None:
-        if self.style not in ("standard", "frameexit"):
-            raise ValueError(f"transform.style must be standard or frameexit, got '{self.style}'")
-        if self.train_crop not in ("random", "multiscale", "center"):
-            raise ValueError(
-                f"transform.train_crop must be random, multiscale or center, got '{self.train_crop}'"
-            )
+        TRANSFORMS.check(self.style, key="data.transform.style")
+        check_choice("data.transform.train_crop", self.train_crop, ("random", "multiscale", "center"))
         if self.crop > self.resize:
             raise ValueError(f"transform.crop ({self.crop}) cannot exceed transform.resize ({self.resize})")
-
-
-class FrameExitPreprocess:
-    """FrameExit's ToTensor -> Resize(S) -> CenterCrop(S) -> Normalize, on a (T, C, H, W) uint8 clip."""
-
-    def __init__(
-        self, size: int = 224, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
-    ):
-        self.size = size
-        self.mean = torch.tensor(mean).view(1, -1, 1, 1)
-        self.std = torch.tensor(std).view(1, -1, 1, 1)
-
-    def __call__(self, clip: torch.Tensor) -> torch.Tensor:
-        x = clip.float() / 255.0 if clip.dtype == torch.uint8 else clip.float()
-        h, w = x.shape[-2:]
-        s = self.size
-        new = (s, int(s * w / h)) if h <= w else (int(s * h / w), s)
-        x = F.interpolate(x, size=new, mode="bilinear", align_corners=False, antialias=False)
-        top = int(round((new[0] - s) / 2.0))
-        left = int(round((new[1] - s) / 2.0))
-        x = x[..., top : top + s, left : left + s]
-        return (x - self.mean) / self.std
 
 
 class MultiScaleCrop(torch.nn.Module):
@@ -80,7 +56,8 @@ class MultiScaleCrop(torch.nn.Module):
         super().__init__()
         self.size, self.scales = size, tuple(scales)
 
-    def forward(self, clip: torch.Tensor) -> torch.Tensor:
+    def forward(self, *inputs: object) -> object:
+        clip = next(x for x in inputs if isinstance(x, torch.Tensor) and not isinstance(x, tv_tensors.Mask))
         h, w = clip.shape[-2:]
         base = min(h, w)
         sides = [int(base * s) for s in self.scales]
@@ -88,17 +65,23 @@ class MultiScaleCrop(torch.nn.Module):
         ch, cw = random.choice(pairs)
         spots = [(0, 0), (0, w - cw), (h - ch, 0), (h - ch, w - cw), ((h - ch) // 2, (w - cw) // 2)]
         top, left = random.choice(spots)
-        clip = clip[..., top : top + ch, left : left + cw]
-        return v2.functional.resize(clip, [self.size, self.size], antialias=True)
+        # one crop for every input (frames and mask alike), then a resize that keeps labels labels
+        out = [
+            v2.functional.resized_crop(x, top, left, ch, cw, [self.size, self.size], antialias=True)
+            for x in inputs
+        ]
+        return out[0] if len(out) == 1 else tuple(out)
 
 
-def build_transform(cfg: TransformConfig, *, train: bool) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A (T, C, H, W) uint8 clip -> normalised float clip (T, C, crop, crop)."""
-    if cfg.style == "frameexit":
-        if cfg.resize != cfg.crop:
-            raise ValueError("the frameexit preprocessing resizes and crops to one size: set resize == crop")
-        return FrameExitPreprocess(cfg.crop, cfg.mean, cfg.std)
-    steps: list[Callable[[torch.Tensor], torch.Tensor]] = []
+def build_transform(cfg: TransformConfig, *, train: bool) -> Callable[..., object]:
+    """The registered style's transform: a (T, C, H, W) uint8 clip -> normalised float clip
+    (T, C, crop, crop); the ``standard`` style also takes ``(tv_tensors.Video, tv_tensors.Mask)``."""
+    return TRANSFORMS.get(cfg.style)(cfg, train)
+
+
+@TRANSFORMS.register("standard")
+def standard_transform(cfg: TransformConfig, train: bool) -> Callable[..., object]:
+    steps: list[Callable[..., object]] = []
     if train and cfg.train_crop == "multiscale":
         steps += [v2.Resize(cfg.resize, antialias=True), MultiScaleCrop(cfg.crop)]
     elif train and cfg.train_crop == "random":

@@ -1,16 +1,16 @@
-"""A plain dict registry of backbone builders (torchvision's ``register_model`` idea)."""
+"""The backbone registry: keyword-only builders by name (torchvision's ``register_model`` idea)."""
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from effvid.models.backbone import Backbone
+from effvid.registry import Registry
 
-__all__ = ["get_backbone", "list_backbones", "register_backbone"]
+__all__ = ["BACKBONES", "get_backbone", "list_backbones", "register_backbone"]
 
-_BUILDERS: dict[str, Callable[..., Backbone]] = {}
+BACKBONES: Registry[Callable[..., Backbone]] = Registry("backbone")
 
 F = TypeVar("F", bound=Callable[..., Backbone])
 
@@ -19,17 +19,14 @@ def register_backbone(name: str | None = None) -> Callable[[F], F]:
     """Decorator: register a keyword-only builder under ``name`` (default: its function name)."""
 
     def wrap(fn: F) -> F:
-        key = name or fn.__name__
-        if key in _BUILDERS:
-            raise ValueError(f"backbone '{key}' is already registered")
-        _BUILDERS[key] = fn
+        BACKBONES.register(name or fn.__name__, fn)
         return fn
 
     return wrap
 
 
 def list_backbones() -> list[str]:
-    return sorted(_BUILDERS)
+    return BACKBONES.names()
 
 
 def get_backbone(name: str, **kwargs: Any) -> Backbone:
@@ -37,12 +34,7 @@ def get_backbone(name: str, **kwargs: Any) -> Backbone:
 
     Common keywords: ``num_classes`` (None: no classifier head) and ``weights`` (None; a local
     state_dict path; or a torchvision weight-enum name such as ``"IMAGENET1K_V2"``, which
-    torchvision may download).
+    torchvision may download). Torchvision-based builders pass any other keyword to torchvision
+    (``norm_layer``, ``replace_stride_with_dilation``, ``width_per_group``, ...).
     """
-    try:
-        builder = _BUILDERS[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, list(_BUILDERS), n=3)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise KeyError(f"unknown backbone '{name}'.{hint} Available: {', '.join(list_backbones())}") from None
-    return builder(**kwargs)
+    return BACKBONES.get(name)(**kwargs)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from effvid.models.backbone import Backbone
@@ -27,6 +26,8 @@ class TinyCNN(Backbone):
         x (N, 3, H, W) -> stages.0 (N, w, H/2, W/2) -> ... -> stages.3 (N, 8w, H/16, W/16)
     """
 
+    stage_names = ("stages.0", "stages.1", "stages.2", "stages.3")
+
     def __init__(self, width: int = 16, num_classes: int | None = None) -> None:
         if width < 1:
             raise ValueError(f"width must be >= 1, got {width}")
@@ -37,16 +38,6 @@ class TinyCNN(Backbone):
             stages.append(nn.Sequential(_conv_bn_relu(cin, w, 2), _conv_bn_relu(w, w, 1)))
             cin = w
         self.stages = nn.Sequential(*stages)
-
-    def forward_stages(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = {}
-        for i, stage in enumerate(self.stages):
-            x = stage(x)
-            out[f"stages.{i}"] = x
-        return out
-
-    def forward_feature_maps(self, x: torch.Tensor) -> torch.Tensor:
-        return self.stages(x)
 
 
 @register_backbone()

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-import torch
 import torchvision
 from torch import nn
 
@@ -26,17 +26,7 @@ class FeaturesBackbone(Backbone):
     def __init__(self, features: nn.Sequential, num_features: int, num_classes: int | None = None) -> None:
         super().__init__(num_features, num_classes)
         self.features = features
-
-    def forward_stages(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Output of every ``features`` block, keyed ``"features.<i>"``."""
-        out = {}
-        for i, block in enumerate(self.features):
-            x = block(x)
-            out[f"features.{i}"] = x
-        return out
-
-    def forward_feature_maps(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
+        self.stage_names = tuple(f"features.{i}" for i in range(len(features)))
 
 
 def _features_net(
@@ -44,9 +34,10 @@ def _features_net(
     enum: type[torchvision.models.WeightsEnum],
     num_classes: int | None,
     weights: str | None,
+    kwargs: dict[str, Any],
 ) -> FeaturesBackbone:
     tv_weights, local_path = resolve_weights(enum, weights)
-    net = builder(weights=tv_weights)
+    net = builder(weights=tv_weights, **kwargs)
     linear = next(m for m in net.classifier.modules() if isinstance(m, nn.Linear))
     model = FeaturesBackbone(net.features, linear.in_features, num_classes=num_classes)
     if local_path is not None:
@@ -55,24 +46,38 @@ def _features_net(
 
 
 @register_backbone()
-def mobilenet_v2(*, num_classes: int | None = None, weights: str | None = None) -> FeaturesBackbone:
-    """MobileNetV2 trunk, 1280-d features."""
+def mobilenet_v2(
+    *, num_classes: int | None = None, weights: str | None = None, **kwargs: Any
+) -> FeaturesBackbone:
+    """MobileNetV2 trunk, 1280-d features. Other keywords go to torchvision's builder."""
     return _features_net(
-        torchvision.models.mobilenet_v2, torchvision.models.MobileNet_V2_Weights, num_classes, weights
+        torchvision.models.mobilenet_v2, torchvision.models.MobileNet_V2_Weights, num_classes, weights, kwargs
     )
 
 
 @register_backbone()
-def efficientnet_b0(*, num_classes: int | None = None, weights: str | None = None) -> FeaturesBackbone:
-    """EfficientNet-B0 trunk, 1280-d features (native input 224)."""
+def efficientnet_b0(
+    *, num_classes: int | None = None, weights: str | None = None, **kwargs: Any
+) -> FeaturesBackbone:
+    """EfficientNet-B0 trunk, 1280-d features (native input 224). Other keywords go to torchvision's builder."""
     return _features_net(
-        torchvision.models.efficientnet_b0, torchvision.models.EfficientNet_B0_Weights, num_classes, weights
+        torchvision.models.efficientnet_b0,
+        torchvision.models.EfficientNet_B0_Weights,
+        num_classes,
+        weights,
+        kwargs,
     )
 
 
 @register_backbone()
-def efficientnet_b3(*, num_classes: int | None = None, weights: str | None = None) -> FeaturesBackbone:
-    """EfficientNet-B3 trunk, 1536-d features (native input 300)."""
+def efficientnet_b3(
+    *, num_classes: int | None = None, weights: str | None = None, **kwargs: Any
+) -> FeaturesBackbone:
+    """EfficientNet-B3 trunk, 1536-d features (native input 300). Other keywords go to torchvision's builder."""
     return _features_net(
-        torchvision.models.efficientnet_b3, torchvision.models.EfficientNet_B3_Weights, num_classes, weights
+        torchvision.models.efficientnet_b3,
+        torchvision.models.EfficientNet_B3_Weights,
+        num_classes,
+        weights,
+        kwargs,
     )

@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from effvid.draws import Draw, derive_seed
+
 __all__ = ["ResumableSampler", "RngState"]
 
 
@@ -21,6 +23,9 @@ class ResumableSampler(torch.utils.data.Sampler[int]):
     that were already trained on. Sharding follows ``DistributedSampler`` (rank r takes every
     ``num_replicas``-th index); with ``pad=True`` (training) shards are padded to equal length by
     repeating indices, with ``pad=False`` (evaluation) no sample is seen twice.
+
+    With ``draws=True`` (training) it yields :class:`~effvid.draws.Draw` items: the index and the
+    seed of that sample's random draws, derived from (seed, epoch, index).
     """
 
     def __init__(
@@ -32,13 +37,14 @@ class ResumableSampler(torch.utils.data.Sampler[int]):
         num_replicas: int = 1,
         rank: int = 0,
         pad: bool = True,
+        draws: bool = False,
     ) -> None:
         if size < 1:
             raise ValueError("cannot sample from an empty dataset")
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
         self.size, self.shuffle, self.seed = size, shuffle, seed
-        self.num_replicas, self.rank, self.pad = num_replicas, rank, pad
+        self.num_replicas, self.rank, self.pad, self.draws = num_replicas, rank, pad, draws
         self.epoch = 0
         self._skip = 0
 
@@ -54,7 +60,7 @@ class ResumableSampler(torch.utils.data.Sampler[int]):
             return math.ceil(self.size / self.num_replicas)
         return len(range(self.rank, self.size, self.num_replicas))
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[int | Draw]:
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed + self.epoch)
             order = torch.randperm(self.size, generator=g).tolist()
@@ -65,6 +71,8 @@ class ResumableSampler(torch.utils.data.Sampler[int]):
             order += order[: total - self.size]
         shard = order[self.rank :: self.num_replicas]
         skip, self._skip = self._skip, 0
+        if self.draws:
+            return iter([Draw(i, derive_seed(self.seed, self.epoch, i)) for i in shard[skip:]])
         return iter(shard[skip:])
 
 

@@ -16,19 +16,19 @@ from pathlib import Path
 
 import cv2
 
-from effvid.cli import build_command, run_cli
-from effvid.config import MISSING, RunConfig, option
+from effvid.cli import build_command
+from effvid.config import MISSING, option
 from effvid.data.decode import encode_jpeg
 from effvid.data.errors import DataError
 from effvid.io import atomic_dir
 
-__all__ = ["EXTRACT", "extract_video", "main"]
+__all__ = ["EXTRACT", "extract_video"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class ExtractConfig(RunConfig):
+class ExtractConfig:
     videos: str = option(MISSING, "folder of input videos")
     frames: str = option(MISSING, "output folder; one sub-folder per video, named like the video file")
     fps: float | None = option(None, "frames per second to keep (None: every frame)")
@@ -105,7 +105,7 @@ def _job(args: tuple) -> tuple[str, int | None, str | None]:
         return src.name, None, str(exc)
 
 
-def _run(cfg: ExtractConfig, run_dir: Path) -> None:
+def _run(cfg: ExtractConfig, _run_dir: None) -> None:
     from tqdm import tqdm
 
     root, out = Path(cfg.videos), Path(cfg.frames)
@@ -146,8 +146,6 @@ def _run(cfg: ExtractConfig, run_dir: Path) -> None:
     print(f"extract-frames: done, {frames} frames from {len(jobs)} videos written to {out}")
 
 
-EXTRACT = build_command(_run, ExtractConfig, name="extract-frames", doc=__doc__.split("\n\n")[0])
-
-
-def main() -> None:
-    run_cli(EXTRACT, name="extract-frames")
+EXTRACT = build_command(
+    _run, ExtractConfig, name="extract-frames", doc=__doc__.split("\n\n")[0], run_dir=False
+)

@@ -12,17 +12,17 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from effvid.cli import build_command, run_cli
-from effvid.config import MISSING, RunConfig, option
+from effvid.cli import build_command
+from effvid.config import MISSING, option
 from effvid.data.decode import decode_image, encode_jpeg
 from effvid.data.errors import DataError
 from effvid.data.storage import FrameFolderStorage, LmdbStorage, VideoFileStorage, write_lmdb
 
-__all__ = ["BUILD_LMDB", "build_lmdb", "main"]
+__all__ = ["BUILD_LMDB", "build_lmdb"]
 
 
 @dataclass
-class BuildLmdbConfig(RunConfig):
+class BuildLmdbConfig:
     source: str = option(MISSING, "folder of frame folders (or of videos with --source_kind video)")
     output: str = option(MISSING, "the LMDB to create (a directory; must not exist)")
     source_kind: str = option("frames", "frames | video")
@@ -87,13 +87,11 @@ def build_lmdb(
     return count
 
 
-def _run(cfg: BuildLmdbConfig, run_dir: Path) -> None:
+def _run(cfg: BuildLmdbConfig, _run_dir: None) -> None:
     count = build_lmdb(cfg.source, cfg.output, source_kind=cfg.source_kind, quality=cfg.quality)
     print(f"build-lmdb: wrote and verified {count} videos in {cfg.output}")
 
 
-BUILD_LMDB = build_command(_run, BuildLmdbConfig, name="build-lmdb", doc=__doc__.split("\n\n")[0])
-
-
-def main() -> None:
-    run_cli(BUILD_LMDB, name="build-lmdb")
+BUILD_LMDB = build_command(
+    _run, BuildLmdbConfig, name="build-lmdb", doc=__doc__.split("\n\n")[0], run_dir=False
+)

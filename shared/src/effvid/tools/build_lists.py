@@ -21,8 +21,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from effvid.cli import build_command, run_cli
-from effvid.config import MISSING, RunConfig, option
+from effvid.cli import build_command
+from effvid.config import MISSING, option
 from effvid.data.errors import DataError
 from effvid.data.formats import (
     VideoRecord,
@@ -36,7 +36,7 @@ from effvid.data.formats import (
 from effvid.data.storage import open_storage
 from effvid.io import atomic_write_text
 
-__all__ = ["BUILD_LISTS", "BuildListsConfig", "main", "write_lists"]
+__all__ = ["BUILD_LISTS", "BuildListsConfig", "write_lists"]
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ FORMATS = ("activitynet", "kinetics", "fcvid", "sports1m")
 
 
 @dataclass
-class BuildListsConfig(RunConfig):
+class BuildListsConfig:
     format: str = option(MISSING, " | ".join(FORMATS))
     annotations: str = option(
         MISSING, "ActivityNet JSON, Kinetics CSV, FCVID split file or Sports-1M partition file"
@@ -122,14 +122,12 @@ def write_lists(cfg: BuildListsConfig) -> tuple[list[VideoRecord], int]:
     return records, left_out
 
 
-def _run(cfg: BuildListsConfig, run_dir: Path) -> None:
+def _run(cfg: BuildListsConfig, _run_dir: None) -> None:
     records, left_out = write_lists(cfg)
     note = f"; {left_out} listed videos left out, their frames are missing (see the log)" if left_out else ""
     print(f"build-lists: {len(records)} videos listed in {cfg.out_dir}{note}")
 
 
-BUILD_LISTS = build_command(_run, BuildListsConfig, name="build-lists", doc=__doc__.split("\n\n")[0])
-
-
-def main() -> None:
-    run_cli(BUILD_LISTS, name="build-lists")
+BUILD_LISTS = build_command(
+    _run, BuildListsConfig, name="build-lists", doc=__doc__.split("\n\n")[0], run_dir=False
+)

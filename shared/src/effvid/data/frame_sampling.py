@@ -1,6 +1,7 @@
 """Frame sampling: pure functions from a frame count to frame indices (0-based).
 
-Training randomness comes only from the ``rng`` argument, so a sampler never touches global state.
+Training randomness comes only from the ``rng`` keyword argument, so a sampler never touches
+global state; every sampler is called as ``sampler(num_frames, rng=rng)``.
 """
 
 from __future__ import annotations
@@ -10,15 +11,11 @@ from collections.abc import Sequence
 import numpy as np
 
 __all__ = [
-    "FRAMEEXIT_ORDER",
     "apply_order",
     "dense_clip_indices",
     "segment_indices",
     "uniform_indices",
 ]
-
-#: FrameExit's processing order over its 10 uniformly sampled frames: middle, first, last, ...
-FRAMEEXIT_ORDER = (5, 0, 9, 2, 7, 4, 6, 3, 8, 1)
 
 
 def _check(num_frames: int, n: int) -> None:
@@ -28,8 +25,9 @@ def _check(num_frames: int, n: int) -> None:
         raise ValueError(f"number of frames to sample must be >= 1, got {n}")
 
 
-def uniform_indices(num_frames: int, n: int) -> list[int]:
-    """FrameExit's rule: ``floor(clip(linspace(0, L, n), 0, L - 1))``.
+def uniform_indices(num_frames: int, n: int, *, rng: np.random.Generator | None = None) -> list[int]:
+    """FrameExit's rule: ``floor(clip(linspace(0, L, n), 0, L - 1))`` (deterministic: ``rng`` is
+    accepted, like every sampler's, and unused).
 
     The end point is L (not L - 1) before clipping, so the last sample is the last frame and short
     videos repeat frames: L=12, n=10 -> [0, 1, 2, 4, 5, 6, 8, 9, 10, 11]; L=5 -> [0, 0, 1, 1, ...].

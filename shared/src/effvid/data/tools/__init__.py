@@ -1,1 +1,0 @@
-"""Dataset preparation console scripts: extract-frames, build-lmdb, build-lists."""

@@ -1,0 +1,117 @@
+"""Reports every method writes the same way, so results of different methods table and plot together.
+
+* ``metrics_<name>.json``: strict JSON (no NaN), via :func:`effvid.io.atomic_write_json`;
+* ``predictions.jsonl``: one strict-JSON object per video (:func:`write_predictions`);
+* ``results.json``: a list of :class:`ResultRow` - one row per (method, setting) of a demo or a
+  sweep - read back by :func:`read_results` and drawn by :func:`effvid.plots.plot_results`.
+
+Accuracy metrics are fractions in [0, 1] (``top1``, ``map``, ``hit1``, ``miou``, ``ap50``);
+compute is GMACs per video (1e9 multiply-accumulates, measured by :mod:`effvid.flops`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from effvid.io import atomic_write_json, atomic_write_jsonl
+
+__all__ = ["ResultRow", "format_results", "read_results", "write_predictions", "write_results"]
+
+
+@dataclass
+class ResultRow:
+    """One evaluated configuration of one method."""
+
+    method: str
+    """the method or model ("FrameExit", "static baseline", "VideoIQ")"""
+    setting: str
+    """what distinguishes this row within the method ("beta=0.003", "first 2 frames", "4-bit")"""
+    metrics: dict[str, float]
+    """accuracy metrics as fractions in [0, 1]; the first one is the main metric"""
+    gmacs_per_video: float
+    frames_per_video: float | None = None
+    videos_per_s: float | None = None
+    """measured throughput of the evaluation, where measured"""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """method-specific figures (e.g. ``gbitops_per_video``, ``skip_rate``)"""
+
+    def __post_init__(self) -> None:
+        if not self.metrics:
+            raise ValueError(f"result row {self.method} / {self.setting} has no accuracy metric")
+        for name, value in self.metrics.items():
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and 0.0 <= value <= 1.0):
+                raise ValueError(
+                    f"result row {self.method} / {self.setting}: metric '{name}' = {value!r} is not a fraction in [0, 1]"
+                )
+        if not (math.isfinite(self.gmacs_per_video) and self.gmacs_per_video >= 0):
+            raise ValueError(
+                f"result row {self.method} / {self.setting}: gmacs_per_video {self.gmacs_per_video!r}"
+            )
+
+    @property
+    def label(self) -> str:
+        return f"{self.method}, {self.setting}" if self.setting else self.method
+
+    def accuracy(self, metric: str | None = None) -> float:
+        name = metric or next(iter(self.metrics))
+        try:
+            return self.metrics[name]
+        except KeyError:
+            raise KeyError(
+                f"result row {self.label} has no metric '{name}'; it has {sorted(self.metrics)}"
+            ) from None
+
+
+def write_results(path: str | os.PathLike[str], rows: Sequence[ResultRow]) -> None:
+    atomic_write_json(path, {"schema": "effvid-results-v1", "rows": [asdict(r) for r in rows]})
+
+
+def read_results(path: str | os.PathLike[str]) -> list[ResultRow]:
+    """Rows of a ``results.json``; a file of another shape is an error naming the file and row."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{p}: not a readable results file ({exc})") from None
+    if not isinstance(data, Mapping) or data.get("schema") != "effvid-results-v1":
+        raise ValueError(f"{p}: not an effvid results file (expected schema 'effvid-results-v1')")
+    names = {f.name for f in fields(ResultRow)}
+    rows = []
+    for i, raw in enumerate(data.get("rows", [])):
+        unknown = set(raw) - names
+        if unknown:
+            raise ValueError(f"{p}: row {i} has unknown key(s) {sorted(unknown)}")
+        try:
+            rows.append(ResultRow(**raw))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{p}: row {i}: {exc}") from None
+    return rows
+
+
+def format_results(rows: Sequence[ResultRow], *, reference: ResultRow, metric: str | None = None) -> str:
+    """A fixed-width table: accuracy (%), frames, GMACs/video, share of ``reference``'s GMACs, videos/s."""
+    metric = metric or next(iter(reference.metrics))
+    width = max(len(r.label) for r in rows)
+    head = f"{'method':<{width}}  {metric + ' (%)':>9}  {'frames':>6}  {'GMACs/video':>11}  {'vs ref':>7}  {'videos/s':>8}"
+    lines = [head]
+    for r in rows:
+        frames = f"{r.frames_per_video:>6.2f}" if r.frames_per_video is not None else f"{'-':>6}"
+        speed = f"{r.videos_per_s:>8.1f}" if r.videos_per_s is not None else f"{'-':>8}"
+        share = r.gmacs_per_video / reference.gmacs_per_video if reference.gmacs_per_video else float("nan")
+        lines.append(
+            f"{r.label:<{width}}  {100 * r.accuracy(metric):>9.2f}  {frames}  {r.gmacs_per_video:>11.4f}  "
+            f"{share:>7.1%}  {speed}"
+        )
+    lines.append(f"(vs ref: share of the GMACs of '{reference.label}')")
+    return "\n".join(lines)
+
+
+def write_predictions(path: str | os.PathLike[str], rows: Iterable[Mapping[str, Any]]) -> None:
+    """``predictions.jsonl``: one strict-JSON object per video (a NaN is an error naming the line)."""
+    atomic_write_jsonl(path, list(rows))
