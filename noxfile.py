@@ -46,7 +46,17 @@ def tests(session: nox.Session, dist: str) -> None:
     """Install one distribution (+ the core it depends on) with its [test] extra and run its tests."""
     path = DISTRIBUTIONS[dist]
     session.env["UV_LINK_MODE"] = os.environ.get("UV_LINK_MODE", "hardlink")
-    session.install("-c", str(ROOT / "constraints.txt"), f"{path}[test]")
+    # A reused venv keeps whatever core a direct reference installed last time (same version
+    # string, so no upgrade): rebuild the core and the distribution from the tree every time.
+    session.install(
+        "-c",
+        str(ROOT / "constraints.txt"),
+        "--reinstall-package",
+        "effvid",
+        "--reinstall-package",
+        dist,
+        f"{path}[test]",
+    )
     reports = ROOT / ".nox-reports"
     reports.mkdir(exist_ok=True)
     # Run from the tests folder so the source tree is not importable: the installed build is tested.

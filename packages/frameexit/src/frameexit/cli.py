@@ -42,10 +42,23 @@ def _evaluate(cfg: InferConfig, model, dataset, **kwargs):
     )
 
 
+def _weights_used(cfg: InferConfig) -> str:
+    return (
+        "RANDOM (--random_weights true)"
+        if cfg.random_weights
+        else f"{cfg.checkpoint.init} ({cfg.checkpoint.format})"
+    )
+
+
 def run_infer(cfg: InferConfig, run_dir: Path) -> None:
     model = _model_for(cfg)
     dataset = build_dataset(cfg.data, num_classes=cfg.model.num_class)
     result = _evaluate(cfg, model, dataset, max_steps=cfg.max_steps, exits=not cfg.no_exit)
+    result.metrics["weights"] = _weights_used(cfg)
+    if cfg.random_weights:
+        print("warning: running on RANDOM weights (--random_weights true); every output records it")
+        for row in result.rows:
+            row["random_weights"] = True
     result.write(run_dir)
     print(result.summary())
     print(f"outputs: {run_dir / 'metrics_eval.json'}, {run_dir / 'predictions.jsonl'}")
@@ -98,6 +111,8 @@ def run_sweep(cfg: SweepConfig, run_dir: Path) -> None:
     dataset = build_dataset(cfg.data, num_classes=cfg.model.num_class)
     lines = ["gate_threshold,hit1,map,mean_frames,mean_gmacs"]
     points = []
+    if cfg.random_weights:
+        print("warning: sweeping RANDOM weights (--random_weights true)")
     for threshold in cfg.thresholds:
         model = copy.deepcopy(base)
         model.gate_threshold = threshold

@@ -60,10 +60,20 @@ class InferConfig(RunConfig):
     stream: bool = option(True, "decode each frame only when a video reaches its step (frames/LMDB)")
     max_steps: int | None = option(None, "stop every video after this many frames (fixed-frame baseline)")
     no_exit: bool = option(False, "disable exiting: every video uses its max_steps frames")
+    random_weights: bool = option(
+        False, "run without --checkpoint.init on random weights (smoke tests); the outputs record it"
+    )
 
     def __post_init__(self) -> None:
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.checkpoint.init is None and not self.random_weights:
+            raise ValueError(
+                "no weights: give --checkpoint.init (a model.pt, or an authors' .pth with "
+                "--checkpoint.format original), or --random_weights true to run on random weights"
+            )
+        if self.checkpoint.init is not None and self.random_weights:
+            raise ValueError("--random_weights true and --checkpoint.init exclude each other")
 
 
 @dataclass

@@ -36,11 +36,15 @@ class Evaluation:
     def summary(self) -> str:
         m = self.metrics
         hist = "  ".join(f"{k}:{v:.1%}" for k, v in m["exit_histogram"].items())
+        skipped = m["skipped_videos"]["count"]
+        note = (
+            f"\nskipped (missing from storage, data.on_missing=skip): {skipped} video(s)" if skipped else ""
+        )
         return (
             f"videos: {m['num_videos']}  top1/Hit@1: {m['hit1']:.4f}  mAP: {m['map']:.4f}\n"
             f"frames per video: {m['mean_frames']:.2f}  GMACs per video: {m['mean_gmacs']:.4f} "
             f"(backbone only, as the paper counts: {m['mean_gmacs_backbone']:.4f})\n"
-            f"exit histogram (frames used: share of videos): {hist}"
+            f"exit histogram (frames used: share of videos): {hist}{note}"
         )
 
 
@@ -136,6 +140,7 @@ def evaluate_dataset(
         "mean_gmacs": float(np.mean([r["gmacs"] for r in rows])),
         "mean_gmacs_backbone": float(np.mean([r["gmacs_backbone"] for r in rows])),
         "exit_histogram": {str(k): float((frames == k).mean()) for k in range(1, steps + 1)},
+        "skipped_videos": {"count": len(dataset.skipped), "keys": list(dataset.skipped)},
         "unit": "GMACs (multiply-accumulates) per video",
         "unit_costs_macs": dict(costs.macs),
     }

@@ -25,15 +25,18 @@ Sampler = Callable[..., Sequence[int]]
 Transform = Callable[..., Any]
 
 
-def check_records(records: Sequence[Any], storage: VideoStorage, *, on_missing: str = "raise") -> list[Any]:
-    """Keep the records whose video is in ``storage``.
+def check_records(
+    records: Sequence[Any], storage: VideoStorage, *, on_missing: str = "raise"
+) -> tuple[list[Any], list[str]]:
+    """(records whose video is in ``storage``, keys of the skipped ones).
 
     ``on_missing="raise"`` (default): the first missing video is an error naming it.
-    ``on_missing="skip"``: each missing video is logged and the total is reported - never silent.
+    ``on_missing="skip"``: each missing video is logged and the total is reported - never silent;
+    datasets keep the skipped keys (``skipped``) so that reports can list them.
     """
     if on_missing not in ("raise", "skip"):
         raise ValueError(f"on_missing must be 'raise' or 'skip', got '{on_missing}'")
-    kept, missing = [], 0
+    kept, skipped = [], []
     for record in records:
         try:
             storage.num_frames(record.key)
@@ -41,14 +44,16 @@ def check_records(records: Sequence[Any], storage: VideoStorage, *, on_missing: 
             if on_missing == "raise":
                 raise DataError(f"listed video '{record.key}' is not usable: {exc}") from None
             log.warning("skipping listed video '%s': %s", record.key, exc)
-            missing += 1
+            skipped.append(record.key)
             continue
         kept.append(record)
-    if missing:
-        log.warning("skipped %d of %d listed videos that are missing or unreadable", missing, len(records))
+    if skipped:
+        log.warning(
+            "skipped %d of %d listed videos that are missing or unreadable", len(skipped), len(records)
+        )
     if not kept:
         raise DataError(f"the dataset is empty: none of the {len(records)} listed videos is usable")
-    return kept
+    return kept, skipped
 
 
 def _to_clip(frames: list[np.ndarray], key: str) -> torch.Tensor:
@@ -97,7 +102,7 @@ class VideoClassificationDataset(torch.utils.data.Dataset):
     ) -> None:
         if not records:
             raise DataError("the dataset is empty: the list has no video")
-        self.records = check_records(records, storage, on_missing=on_missing)
+        self.records, self.skipped = check_records(records, storage, on_missing=on_missing)
         self.storage, self.sampler, self.transform = storage, sampler, transform
         self.num_classes, self.multi_label, self.order = num_classes, multi_label, order
         for r in self.records:
@@ -172,7 +177,7 @@ class SegmentationClipDataset(torch.utils.data.Dataset):
     ) -> None:
         if not records:
             raise DataError("the dataset is empty: no annotated clip")
-        self.records = check_records(records, storage)
+        self.records, self.skipped = check_records(records, storage)
         self.storage, self.clip_len, self.distance = storage, clip_len, distance
         self.transform, self.ignore_index = transform, ignore_index
         self.lut = None

@@ -79,6 +79,10 @@ class VideoStorage(abc.ABC):
         except DataError:
             return False
 
+    def frame_label(self, key: str, index: int) -> str:
+        """How errors name frame ``index`` of ``key`` (a frame folder: its file)."""
+        return self._where(key, index)
+
     def _where(self, key: str, index: int) -> str:
         return f"video '{key}' frame {index}"
 

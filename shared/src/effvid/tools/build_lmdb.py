@@ -1,14 +1,20 @@
 """``build-lmdb``: frame folders (or video files) -> one LMDB of encoded frames.
 
-Written under a temporary name next to the output and renamed only when complete, then verified:
-every video's frame count is read back and its first and last frames decoded. Frame folders keep
-their JPEG bytes as they are (no re-encoding); video frames are encoded as JPEG.
+Every frame is decoded while building (a corrupt frame is an error naming the video and frame
+file; nothing undecodable is stored). The database is written under a temporary name next to the
+output and renamed only when complete, then verified: every video's frame count is read back and
+its first and last frames decoded. Frame folders keep their JPEG bytes as they are (no
+re-encoding); video frames are encoded as JPEG. One build at a time per destination (a lock file
+beside it); a temporary database left by a killed build is removed by the next build.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,12 +41,39 @@ def _items(source, kind: str, quality: int, keys: list[str]):
     for key in tqdm(keys, desc="videos"):
         if kind == "frames":
             frames = [source.read_bytes(key, i) for i in range(source.num_frames(key))]
-            first = decode_image(frames[0], where=f"video '{key}' frame 0")
+            # decode every frame now: a corrupt JPEG must fail the build, not a training run later
+            decoded = [decode_image(data, where=source.frame_label(key, i)) for i, data in enumerate(frames)]
+            first = decoded[0]
         else:
             decoded = source.read_frames(key, list(range(source.num_frames(key))))
             frames = [encode_jpeg(f, quality=quality) for f in decoded]
             first = decoded[0]
         yield key, frames, (int(first.shape[0]), int(first.shape[1]))
+
+
+@contextlib.contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """Hold ``.<name>.lock`` beside ``out``; a second build to the same place fails at once."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = out.with_name(f".{out.name}.lock")
+    with open(lock_path, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DataError(
+                f"another build-lmdb is writing {out} (it holds {lock_path}); wait for it or choose another output"
+            ) from None
+        try:
+            yield
+        finally:
+            lock_path.unlink(missing_ok=True)
+
+
+def _remove_stale(out: Path) -> None:
+    """Temporary databases of builds that were killed (we hold the lock: nobody else writes)."""
+    for stale in out.parent.glob(f".{out.name}.tmp-*"):
+        print(f"build-lmdb: removing {stale}, left by an interrupted build")
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def build_lmdb(
@@ -52,8 +85,14 @@ def build_lmdb(
 ) -> int:
     """Build and verify the LMDB; returns the number of videos."""
     out = Path(output)
-    if out.exists():
-        raise DataError(f"{out} already exists; remove it or choose another output")
+    with _exclusive(out):
+        if out.exists():
+            raise DataError(f"{out} already exists; remove it or choose another output")
+        _remove_stale(out)
+        return _build(source_dir, out, source_kind=source_kind, quality=quality)
+
+
+def _build(source_dir: str | os.PathLike[str], out: Path, *, source_kind: str, quality: int) -> int:
     if source_kind == "frames":
         source = FrameFolderStorage(source_dir)
         size = sum(f.stat().st_size for f in Path(source_dir).rglob("*") if f.is_file())
