@@ -1,0 +1,9 @@
+"""AdaFocus (Wang et al., ICCV 2021): a cheap glance network sees every frame whole; a recurrent
+policy picks one patch per frame from a grid of positions; an expensive focus network sees only
+that patch; a GRU classifier over [glance, focus] features predicts at every step.
+
+Modules: ``crop`` (patch geometry: hard and differentiable crops), ``policy`` (the recurrent
+actor-critic and the PPO loss).
+"""
+
+__version__ = "0.1.0"
