@@ -3,7 +3,11 @@ policy picks one patch per frame from a grid of positions; an expensive focus ne
 that patch; a GRU classifier over [glance, focus] features predicts at every step.
 
 Modules: ``crop`` (patch geometry: hard and differentiable crops), ``policy`` (the recurrent
-actor-critic and the PPO loss).
+actor-critic and PPO), ``model`` (the network, batched and frame by frame).
 """
 
+from adafocus.model import AdaFocus, AdaFocusOutput, RecurrentClassifier
+from adafocus.policy import PatchPolicy
+
+__all__ = ["AdaFocus", "AdaFocusOutput", "PatchPolicy", "RecurrentClassifier"]
 __version__ = "0.1.0"
