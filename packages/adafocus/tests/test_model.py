@@ -74,6 +74,7 @@ def test_batched_equals_frame_by_frame():
     assert torch.equal(batched.top_left, reference.top_left)
     torch.testing.assert_close(batched.logits, reference.logits, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(batched.log_probs, reference.log_probs, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(batched.features, reference.features, rtol=1e-5, atol=1e-5)
 
 
 def test_the_focus_sees_the_full_resolution_patch():

@@ -66,6 +66,7 @@ class AdaFocusOutput:
     actions: torch.Tensor | None  # (B, T) grid indices chosen by the policy (None: patches given)
     log_probs: torch.Tensor | None  # (B, T) log pi(action)
     glance_maps: torch.Tensor  # (B, T, C_g, h, w) the policy's states
+    features: torch.Tensor  # (B, T, C_g + C_f) the classifier's inputs [glance pooled, focus]
 
     @property
     def video_logits(self) -> torch.Tensor:
@@ -211,7 +212,7 @@ class AdaFocus(nn.Module):
         local = self.focus_patches(frames, top_left.reshape(b * t, 2))
         features = torch.cat([pooled, local], dim=1).view(b, t, -1)
         logits, _ = self.classifier(features)
-        return AdaFocusOutput(logits, top_left, actions, log_probs, maps)
+        return AdaFocusOutput(logits, top_left, actions, log_probs, maps, features)
 
     # -- the original's order of work, one frame at a time ---------------------------------
 
@@ -221,7 +222,7 @@ class AdaFocus(nn.Module):
         self._check_clip(clips)
         b, t = clips.shape[:2]
         policy_h = classifier_h = None
-        logits, corners, acts, lps, all_maps = [], [], [], [], []
+        logits, corners, acts, lps, all_maps, features = [], [], [], [], [], []
         for step in range(t):
             frame = clips[:, step]
             maps, pooled = self.glance_frames(frame)
@@ -229,7 +230,9 @@ class AdaFocus(nn.Module):
             policy_h = chosen.hidden
             tl = self.actions_to_top_left(chosen.action, tuple(frame.shape[-2:]))
             local = self.focus_patches(frame, tl)
-            step_logits, classifier_h = self.classifier.step(torch.cat([pooled, local], 1), classifier_h)
+            feature = torch.cat([pooled, local], 1)
+            step_logits, classifier_h = self.classifier.step(feature, classifier_h)
+            features.append(feature)
             logits.append(step_logits)
             corners.append(tl)
             acts.append(chosen.action)
@@ -241,4 +244,5 @@ class AdaFocus(nn.Module):
             torch.stack(acts, 1),
             torch.stack(lps, 1),
             torch.stack(all_maps, 1),
+            torch.stack(features, 1),
         )
