@@ -59,7 +59,7 @@ def early_exit(
     """
     model.eval()
     if isinstance(clips, torch.Tensor):
-        model._check_clip(clips)
+        model.check_clips(clips)
         video = clips
         batch_size, num_steps = clips.shape[0], num_steps or clips.shape[1]
         load_step: StepLoader = lambda active, step: video[list(active), step]  # noqa: E731

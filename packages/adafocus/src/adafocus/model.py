@@ -166,7 +166,8 @@ class AdaFocus(nn.Module):
             *actions.shape, 2
         )
 
-    def _check_clip(self, clips: torch.Tensor) -> None:
+    def check_clips(self, clips: torch.Tensor) -> None:
+        """Raise a readable error unless ``clips`` is (B, T, 3, H, W) with frames that hold a patch."""
         if clips.dim() != 5 or clips.shape[2] != 3:
             raise ValueError(f"clips must be (B, T, 3, H, W), got {tuple(clips.shape)}")
         h, w = clips.shape[-2:]
@@ -194,7 +195,7 @@ class AdaFocus(nn.Module):
                 is then not run.
             sample: sample positions (default: in training mode) rather than take the argmax.
         """
-        self._check_clip(clips)
+        self.check_clips(clips)
         b, t = clips.shape[:2]
         frames = clips.flatten(0, 1)
         maps, pooled = self.glance_frames(frames)
@@ -219,7 +220,7 @@ class AdaFocus(nn.Module):
     @torch.no_grad()
     def forward_frame_by_frame(self, clips: torch.Tensor) -> AdaFocusOutput:
         """Reference path (evaluation, argmax): per frame glance, policy, crop, focus, classifier step."""
-        self._check_clip(clips)
+        self.check_clips(clips)
         b, t = clips.shape[:2]
         policy_h = classifier_h = None
         logits, corners, acts, lps, all_maps, features = [], [], [], [], [], []
