@@ -31,6 +31,25 @@ def randomise(model: nn.Module, seed: int) -> nn.Module:
 
 
 @torch.no_grad()
+def calibrate_batchnorm(module: nn.Module, *inputs: torch.Tensor) -> nn.Module:
+    """Set every BatchNorm's running statistics to those of ``module(*inputs)``, then eval mode.
+
+    Random running statistics let activations of a deep random net (ResNet-50) grow to thousands,
+    a regime where float32 rounding, not the code, decides the last digits; trained nets have
+    statistics that match their activations, as this gives.
+    """
+    norms = [m for m in module.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average: one batch sets the statistics exactly
+    module.train()
+    module(*inputs)
+    for norm in norms:
+        norm.momentum = 0.1
+    return module.eval()
+
+
+@torch.no_grad()
 def center_actor(policy: nn.Module, maps: torch.Tensor) -> None:
     """Make a random policy's choice depend on its input: shift the actor's bias so that the
     logits average zero over the hidden states these glance maps (B, T, C, h, w) produce.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from original_reference import OriginalGFV, center_actor, randomise
+from original_reference import OriginalGFV, calibrate_batchnorm, center_actor, randomise
 
 from adafocus.conversion import (
     convert_original_state_dict,
@@ -18,7 +18,7 @@ SMALL = dict(num_classes=6, patch_size=32, glance_size=64, policy_hidden=32, cla
 
 
 def _ours(**kw):
-    args = dict(SMALL, focus="resnet18")
+    args = dict(SMALL, focus="resnet50")
     args.update(kw)
     return AdaFocus(**args)
 
@@ -41,9 +41,12 @@ def _checkpoint(ref: OriginalGFV) -> dict:
 
 @pytest.fixture(scope="module")
 def original():
-    """A random original (ResNet-18 focus, small widths) whose policy picks varied positions."""
-    ref = randomise(OriginalGFV(focus_arch="resnet18", **SMALL), 0)
+    """A random original (the released backbones, small recurrent widths) whose policy picks varied positions."""
+    ref = randomise(OriginalGFV(focus_arch="resnet50", **SMALL), 0)
     ref.focuser.policy.policy_old.load_state_dict(ref.focuser.policy.policy.state_dict())  # as PPO keeps them
+    calibration = torch.Generator().manual_seed(1)
+    calibrate_batchnorm(ref.glancer.net.features, torch.randn(16, 3, 64, 64, generator=calibration))
+    calibrate_batchnorm(ref.focuser.net, torch.randn(16, 3, 32, 32, generator=calibration))
     ours = _ours().eval()
     ours.load_state_dict(convert_original_state_dict(ref.state_dict()))
     torch.manual_seed(0)
@@ -87,7 +90,9 @@ def test_converted_checkpoint_behaves_identically(original, tmp_path):
     torch.testing.assert_close(got.logits, expected_logits, rtol=0, atol=1e-4)
     scores, expected_scores = torch.softmax(got.video_logits, 1), torch.softmax(expected_logits[:, -1], 1)
     torch.testing.assert_close(scores, expected_scores, rtol=0, atol=1e-4)
-    print(f"max |logit diff| {float((got.logits - expected_logits).abs().max()):.2e}")
+    print(
+        f"max |logit diff| {float((got.logits - expected_logits).abs().max()):.2e} of max |logit| {float(expected_logits.abs().max()):.1f}; max score diff {float((scores - expected_scores).abs().max()):.2e}"
+    )
     # the bare GFV state dict and the model_state_dict entry load the same weights
     bare = tmp_path / "gfv.pth"
     torch.save(ref.state_dict(), bare)
