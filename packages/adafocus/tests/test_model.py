@@ -134,3 +134,11 @@ def test_built_modules_as_backbones():
     assert model.glance is glance and model.classifier.gru.input_size == 32 + 16
     with pytest.raises(ValueError, match="keyword arguments apply only to a backbone given by name"):
         AdaFocus(num_classes=3, glance=glance, glance_kwargs={"width": 4})
+
+
+def test_policy_gradients_never_reach_the_glance():
+    model = tiny().train()
+    out = model(torch.randn(2, 3, 3, 32, 32))
+    out.log_probs.sum().backward()
+    assert all(p.grad is None for p in model.glance.parameters())
+    assert model.policy.actor.weight.grad.abs().sum() > 0

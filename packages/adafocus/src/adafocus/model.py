@@ -204,7 +204,8 @@ class AdaFocus(nn.Module):
         if top_left is None:
             hidden, acts, lps = None, [], []
             for step in range(t):
-                chosen = self.policy.act(maps[:, step], hidden, sample=sample, generator=generator)
+                # detached: the policy learns by RL (or not at all here), never through the glance
+                chosen = self.policy.act(maps[:, step].detach(), hidden, sample=sample, generator=generator)
                 hidden = chosen.hidden
                 acts.append(chosen.action)
                 lps.append(chosen.log_prob)
