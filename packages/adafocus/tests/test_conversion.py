@@ -97,6 +97,9 @@ def test_converted_checkpoint_behaves_identically(original, tmp_path):
     bare = tmp_path / "gfv.pth"
     torch.save(ref.state_dict(), bare)
     assert read_original_checkpoint(bare).keys() == set(ref.state_dict())
+    whole_only = tmp_path / "whole.pth"
+    torch.save({"epoch": 1, "model_state_dict": ref.state_dict(), "best_acc": torch.tensor(1.0)}, whole_only)
+    assert read_original_checkpoint(whole_only).keys() == set(ref.state_dict())
     assert read_original_checkpoint(path).keys() == set(ref.state_dict()) | {
         f"policy.{k}" for k in ref.focuser.policy.policy.state_dict()
     }
