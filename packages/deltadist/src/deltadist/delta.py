@@ -122,11 +122,12 @@ class DeltaConv(nn.Module):
         self.student_lowrank.init_from(self.teacher)
 
     def choice(self) -> Student:
-        """The student used outside training: ``force`` if set, else the gate's (logit > 0: full)."""
-        if self.force is not None:
-            return self.force
+        """The student used outside training: the deployed one; else ``force`` if set, else the
+        gate's (logit > 0: full)."""
         if self.deployed:
             return self._deployed_choice
+        if self.force is not None:
+            return self.force
         return "full" if bool(self.gate.logit > 0) else "lowrank"
 
     def _student_delta(self, dx: torch.Tensor) -> torch.Tensor:
