@@ -142,3 +142,8 @@ def test_gate_cost_is_the_gate_weighted_sum_and_trains_the_logits():
         layer.gate.logit.grad is not None and float(layer.gate.logit.grad) > 0
         for layer in delta_layers(net).values()
     )
+    # a single-frame pass samples nothing: no stale gates from the pass before
+    set_clip_length(net, 1)
+    net(clips_like(b=1, t=1, dtype=torch.float32).flatten(0, 1))
+    with pytest.raises(ValueError, match="'body.0' has no sampled gate"):
+        gate_cost(net, costs)

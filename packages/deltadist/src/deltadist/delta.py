@@ -92,7 +92,7 @@ class DeltaConv(nn.Module):
         self.teacher = conv
         self.student_full = _conv_like(conv, bias=student_bias)
         self.student_lowrank = SeparableConv(conv, rank, bias=student_bias)
-        self.gate = Gate(gate_init)
+        self.gate = Gate(gate_init).to(conv.weight.device)
         self.student: nn.Module | None = None
         self.init_students()
         self.clip_length = 1
@@ -155,6 +155,7 @@ class DeltaConv(nn.Module):
             return self._forward_stream(x)
         t = self.clip_length
         if t == 1:
+            self.student_delta = self.gate_value = None  # no delta frame: nothing sampled this time
             return self.teacher(x)
         if x.shape[0] % t:
             raise ValueError(f"a batch of {x.shape[0]} frames is not a whole number of {t}-frame clips")
