@@ -8,6 +8,11 @@ key names, shapes, control flow; see shared/research/deltadist.md), not from its
   ``1 x kw`` conv), ``g_gate`` (scalar ``bias`` logit), ``g_W`` chosen at the first ``.eval()``
   (``g_Wa`` if the logit > 0), clips rolled into the batch with ``T`` frames each, the student's
   output added to the keyframe's teacher output *including the student's own bias*;
+* :func:`original_spatial_svd` / :func:`original_init_from_frame_based` - ``convertor.py``'s SVD
+  (numpy; kernel ``(n, c, h, w)`` -> ``(c, h, n, w)`` -> matrix ``(c*h, n*w)``, factors
+  ``V sqrt(S)`` -> ``(r, c, h, 1)`` and ``sqrt(S) H`` -> ``(n, r, 1, w)``) and its conversion of a
+  frame-based state dict (``W`` and ``g_Wa`` = the weights, ``g_Wb`` from the SVD, the bias to
+  ``g_Wa`` and ``g_Wb.1``);
 * :func:`convert_original` - the original's ``convert_convs`` rule (``Conv2d`` in module order,
   all but the first and the last);
 * :func:`ptflops_convention_macs` - the MAC convention of ptflops 0.6.2 as the original calls it
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -136,3 +142,39 @@ def ptflops_convention_macs(model: nn.Module, x: torch.Tensor) -> int:
         for h in hooks:
             h.remove()
     return total
+
+
+def original_spatial_svd(weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    w = weight.detach().numpy()
+    n, c, h, kw = w.shape
+    matrix = np.transpose(w, [1, 2, 0, 3]).reshape(c * h, n * kw)
+    assert rank <= c * h
+    v, s, hh = np.linalg.svd(matrix, full_matrices=False)
+    root = np.sqrt(s[:rank])
+    v = v[:, :rank] * root
+    hh = root.reshape(rank, 1) * hh[:rank]
+    vertical = np.transpose(v.reshape(c, 1, h, rank), [3, 0, 2, 1])
+    horizontal = np.transpose(hh.reshape(rank, n, kw, 1), [1, 0, 3, 2])
+    return torch.tensor(vertical, dtype=torch.float32), torch.tensor(horizontal, dtype=torch.float32)
+
+
+def original_init_from_frame_based(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """The original's ``init_weights_train(convert=True)`` for a converted ``model``, minus its silence."""
+    target = model.state_dict()
+    out = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        wrapped = ".".join(parts[:-1] + ["W", parts[-1]])
+        if wrapped not in target:
+            out[key] = value
+            continue
+        out[wrapped] = value
+        out[wrapped.replace(".W.", ".g_Wa.")] = value
+        if parts[-1] == "weight":
+            rank = target[wrapped.replace(".W.", ".g_Wb.0.")].shape[0]
+            vertical, horizontal = original_spatial_svd(value, rank)
+            out[wrapped.replace(".W.", ".g_Wb.0.")] = vertical
+            out[wrapped.replace(".W.", ".g_Wb.1.")] = horizontal
+        else:
+            out[wrapped.replace(".W.", ".g_Wb.1.")] = value
+    model.load_state_dict(out, strict=False)

@@ -13,7 +13,13 @@ from deltadist.conversion import (
 )
 from deltadist.delta import convert_to_delta, delta_layers, set_clip_length
 from deltadist.models import get_model
-from original_reference import OriginalDeltaConv, convert_original, randomise, set_original_T
+from original_reference import (
+    OriginalDeltaConv,
+    convert_original,
+    original_init_from_frame_based,
+    randomise,
+    set_original_T,
+)
 
 from effvid.checkpoint import CheckpointMismatchError
 
@@ -145,3 +151,32 @@ def test_frame_based_checkpoint_becomes_teachers_with_initialised_students():
         load_frame_based_state_dict(
             ours, {k: v for k, v in state.items() if k != "model.final_layer.conv2.bias"}
         )
+
+
+def test_frame_based_initialisation_matches_the_originals():
+    plain = randomise(get_model("ddrnet23_slim"), seed=2).eval()
+    state = plain.state_dict()
+    ref = get_model("ddrnet23_slim")
+    convert_original(ref)
+    original_init_from_frame_based(ref, state)
+    ref.eval()
+    ours = get_model("ddrnet23_slim")
+    convert_to_delta(ours, bias_mode="original")
+    load_frame_based_state_dict(ours, state)
+    ours.eval()
+    ref_layers = {n: m for n, m in ref.named_modules() if isinstance(m, OriginalDeltaConv)}
+    for name, layer in delta_layers(ours).items():
+        r = ref_layers[name]
+        assert torch.equal(layer.student_full.weight, r.g_Wa.weight)
+        # SVD factors are unique up to the sign of each component: compare the kernels they make
+        theirs = torch.einsum("rch,orw->ochw", r.g_Wb[0].weight[..., 0], r.g_Wb[1].weight[:, :, 0])
+        torch.testing.assert_close(layer.student_lowrank.product_kernel(), theirs, rtol=1e-4, atol=1e-5)
+    conv13 = delta_layers(ours)["conv1.3"]
+    assert torch.equal(conv13.student_lowrank.horizontal.bias, ref_layers["conv1.3"].g_Wb[1].bias)
+    assert torch.equal(conv13.student_full.bias, state["conv1.3.bias"])
+    for name, m in ref_layers.items():  # the original's gates start at -1: every layer low-rank
+        m.g_W = m.g_Wb
+        assert delta_layers(ours)[name].choice() == "lowrank"
+    diff = (_run(ours, 2) - _run(ref, 2, True)).abs().max()
+    print(f"\nfrom a frame-based checkpoint, all low-rank: max abs difference {float(diff):.2e}")
+    assert diff <= 1e-4

@@ -17,6 +17,7 @@ from deltadist.delta import (
     deploy,
     forward_clip,
     revert_to_teacher,
+    set_clip_length,
 )
 from deltadist.students import Gate, SeparableConv, spatial_svd, student_rank
 from tiny_model import clips_like, tiny
@@ -178,6 +179,9 @@ def test_streaming_equals_batched_clips():
         batched = torch.cat([forward_clip(net, video[:, s : s + 3]) for s in (0, 3, 6)], 1)
     torch.testing.assert_close(streamed, batched, rtol=1e-5, atol=1e-5)
     assert all(layer.clip_length == 1 and not layer._stream_on for layer in delta_layers(net).values())
+    set_clip_length(net, 2)  # forward_clip leaves the layers' clip length as it found it
+    forward_clip(net, video[:, :3])
+    assert all(layer.clip_length == 2 for layer in delta_layers(net).values())
     with pytest.raises(ValueError, match="differs from its keyframe"):
         stream.index = 1
         stream(video[:1, 0])
@@ -200,6 +204,12 @@ def test_surgery_round_trip_and_rules():
     assert convert_to_delta(net, skip_first=0, skip_last=0) == ["stem", "body.0", "body.2", "body.5", "head"]
     with pytest.raises(ValueError, match=r"selects no Conv2d of Tiny, which has 5"):
         convert_to_delta(tiny(), include=["body.*"], skip_first=2, skip_last=1)
+    with pytest.raises(ValueError, match=r"already has 5 delta layers \(e.g. 'stem'\); revert_to_teacher"):
+        convert_to_delta(net)
+    grouped = tiny()
+    grouped.body[2] = nn.Conv2d(8, 16, 3, padding=1, groups=2)
+    with pytest.raises(ValueError, match=r"cannot convert 'body.2': .*groups == 1.*exclude=\['body.2'\]"):
+        convert_to_delta(grouped)
     with pytest.raises(ValueError, match="not a whole number of 2-frame clips"):
         layer = DeltaConv(nn.Conv2d(3, 3, 1))
         layer.clip_length = 2

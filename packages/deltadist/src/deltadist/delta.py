@@ -244,6 +244,12 @@ def convert_to_delta(
     Raises:
         ValueError: the rule selects no convolution (the message says how many the model has).
     """
+    existing = delta_layers(model)
+    if existing:
+        raise ValueError(
+            f"{type(model).__name__} already has {len(existing)} delta layers (e.g. '{next(iter(existing))}'); "
+            "revert_to_teacher(model) first: their teachers and students are Conv2d too"
+        )
     names = select_modules(
         model, nn.Conv2d, include=include, exclude=exclude, skip_first=skip_first, skip_last=skip_last
     )
@@ -253,13 +259,16 @@ def convert_to_delta(
             f"the conversion rule (include={list(include)}, exclude={list(exclude)}, skip_first={skip_first}, "
             f"skip_last={skip_last}) selects no Conv2d of {type(model).__name__}, which has {total}"
         )
-    return replace_modules(
-        model,
-        names,
-        lambda _name, conv: DeltaConv(
-            conv, factor_ch=factor_ch, reduction=reduction, gate_init=gate_init, bias_mode=bias_mode
-        ),
-    )
+
+    def make(name: str, conv: nn.Module) -> DeltaConv:
+        try:
+            return DeltaConv(
+                conv, factor_ch=factor_ch, reduction=reduction, gate_init=gate_init, bias_mode=bias_mode
+            )
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"cannot convert '{name}': {exc}; leave it out with exclude=['{name}']") from exc
+
+    return replace_modules(model, names, make)
 
 
 def revert_to_teacher(model: nn.Module) -> list[str]:
@@ -293,11 +302,14 @@ def forward_clip(model: nn.Module, clips: torch.Tensor) -> torch.Tensor:
     if clips.dim() != 5:
         raise ValueError(f"expected clips (B, T, C, H, W), got shape {tuple(clips.shape)}")
     b, t = clips.shape[:2]
+    layers = delta_layers(model)
+    before = {name: layer.clip_length for name, layer in layers.items()}
     set_clip_length(model, t)
     try:
         out = model(clips.flatten(0, 1))
     finally:
-        set_clip_length(model, 1)
+        for name, layer in layers.items():
+            layer.clip_length = before[name]
     return out.unflatten(0, (b, t))
 
 
