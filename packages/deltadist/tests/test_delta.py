@@ -18,6 +18,7 @@ from deltadist.delta import (
     forward_clip,
     revert_to_teacher,
     set_clip_length,
+    student_parameters,
 )
 from deltadist.students import Gate, SeparableConv, spatial_svd, student_rank
 from tiny_model import clips_like, tiny
@@ -197,6 +198,18 @@ def test_surgery_round_trip_and_rules():
     assert "body.0.teacher.weight" in net.state_dict() and "body.0.weight" not in net.state_dict()
     twin = copy_teacher_model(net)
     assert not delta_layers(twin) and delta_layers(net)
+    students = {id(p) for p in student_parameters(net)}
+    named = {n for n, p in net.named_parameters() if id(p) in students}
+    assert named == {
+        f"body.{i}.{part}"
+        for i in (0, 2)
+        for part in (
+            "student_full.weight",
+            "student_lowrank.vertical.weight",
+            "student_lowrank.horizontal.weight",
+            "gate.logit",
+        )
+    }
     assert revert_to_teacher(net) == ["body.0", "body.2"]
     assert net.body[0] is convs["body.0"] and net.body[2] is convs["body.2"]
     assert net.state_dict().keys() == before.keys()

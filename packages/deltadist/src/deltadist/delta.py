@@ -41,6 +41,7 @@ __all__ = [
     "forward_clip",
     "revert_to_teacher",
     "set_clip_length",
+    "student_parameters",
 ]
 
 BiasMode = Literal["corrected", "original"]
@@ -279,6 +280,17 @@ def revert_to_teacher(model: nn.Module) -> list[str]:
 def delta_layers(model: nn.Module) -> dict[str, DeltaConv]:
     """The model's delta layers by name, in module order (the order of gates and cost vectors)."""
     return {name: m for name, m in model.named_modules() if isinstance(m, DeltaConv)}
+
+
+def student_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The students' and gates' parameters (the original trains them at 10x the teachers' rate;
+    everything else, teachers included, is the other group)."""
+    params = []
+    for layer in delta_layers(model).values():
+        for name, p in layer.named_parameters():
+            if not name.startswith("teacher."):
+                params.append(p)
+    return params
 
 
 def set_clip_length(model: nn.Module, clip_length: int) -> None:
