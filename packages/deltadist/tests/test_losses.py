@@ -72,6 +72,7 @@ def test_objective_on_hand_computed_numbers():
     assert float(loss.detach()) == pytest.approx(task + 0.01 * 1.0 + 0.1 * 0.7, rel=1e-6)
     loss.backward()
     assert layer.gate.logit.grad is not None and layer.teacher.weight.grad is not None
+    assert layer.clip_length == 1  # the objective leaves the model's clip length as it found it
     # the scale stays fixed: dx = (2, 0) gives a mean square of 1, scaled by 4
     clips2 = torch.tensor([[1.0, 2.0], [3.0, 2.0]]).view(1, 2, 1, 1, 2)
     _, logs = objective((clips2, labels))

@@ -73,6 +73,11 @@ def test_registry_and_other_variants_on_meta():
     assert "layer3_2_.2.conv2.weight" in d39.state_dict() and "seghead_extra.conv2.weight" in d39.state_dict()
     with torch.device("meta"):
         assert len(convert_to_delta(get_model("ddrnet39"))) == 81
+    aux = get_model("ddrnet23_slim", aux_head=True).eval()
+    convert_to_delta(aux, exclude=["seghead_extra.*"])
+    with torch.no_grad():
+        main, extra = forward_clip(aux, torch.randn(1, 2, 3, 64, 128))
+    assert main.shape == extra.shape == (1, 2, 19, 8, 16)
     # the auxiliary head comes before final_layer: the default rule would convert its classifier too
     assert len(convert_to_delta(d39, exclude=["seghead_extra.*"])) == 81
     with pytest.raises(KeyError, match="unknown model 'ddrnet18'"):

@@ -309,8 +309,9 @@ def deploy(model: nn.Module) -> dict[str, Student]:
     return {name: layer.deploy() for name, layer in delta_layers(model).items()}
 
 
-def forward_clip(model: nn.Module, clips: torch.Tensor) -> torch.Tensor:
-    """Run ``(B, T, C, H, W)`` clips (frame 0 the keyframe) -> the model's output as ``(B, T, ...)``."""
+def forward_clip(model: nn.Module, clips: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """Run ``(B, T, C, H, W)`` clips (frame 0 the keyframe) -> the model's output as ``(B, T, ...)``
+    (each of them, for a model that returns a tuple of per-frame tensors)."""
     if clips.dim() != 5:
         raise ValueError(f"expected clips (B, T, C, H, W), got shape {tuple(clips.shape)}")
     b, t = clips.shape[:2]
@@ -322,6 +323,8 @@ def forward_clip(model: nn.Module, clips: torch.Tensor) -> torch.Tensor:
     finally:
         for name, layer in layers.items():
             layer.clip_length = before[name]
+    if isinstance(out, tuple):
+        return tuple(o.unflatten(0, (b, t)) for o in out)
     return out.unflatten(0, (b, t))
 
 

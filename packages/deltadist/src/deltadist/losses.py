@@ -148,12 +148,17 @@ class DeltaDistillationLoss(nn.Module):
             raise ValueError(f"expected clips (B, T >= 2, C, H, W), got shape {tuple(clips.shape)}")
         b, t = clips.shape[:2]
         frames = clips.flatten(0, 1)
+        layers = list(delta_layers(self.model).values())
+        before = [layer.clip_length for layer in layers]
         set_clip_length(self.model, t)
         alpha = self.current_alpha
-        targets = teacher_deltas(self.model, frames) if alpha != 0 else None
-        logits = self.model(frames).unflatten(0, (b, t))[:, -1]
+        try:
+            targets = teacher_deltas(self.model, frames) if alpha != 0 else None
+            logits = self.model(frames).unflatten(0, (b, t))[:, -1]
+        finally:  # leave the model as found: a later plain forward must not see T-frame clips
+            for layer, length in zip(layers, before):
+                layer.clip_length = length
         task = self.task_loss(logits, labels)
-        layers = list(delta_layers(self.model).values())
         zero = task.new_zeros(())
         distill = zero
         if targets is not None:
