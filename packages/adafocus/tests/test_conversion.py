@@ -13,6 +13,7 @@ from adafocus.conversion import (
 )
 from adafocus.model import AdaFocus
 from effvid.checkpoint import CheckpointMismatchError, check_state_dict
+from effvid.model_files import ModelFileError
 
 SMALL = dict(num_classes=6, patch_size=32, glance_size=64, policy_hidden=32, classifier_hidden=24)
 
@@ -153,5 +154,7 @@ def test_not_an_adafocus_file(tmp_path):
     torch.save({"epoch": 1, "net": {"w": torch.zeros(1)}}, path)
     with pytest.raises(ValueError, match=r"other.pth is not an AdaFocus checkpoint.*\['epoch', 'net'\]"):
         read_original_checkpoint(path)
-    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+    with pytest.raises(
+        ModelFileError, match=r"missing\.pth: file not found \(expected an AdaFocus checkpoint"
+    ):
         read_original_checkpoint(tmp_path / "missing.pth")

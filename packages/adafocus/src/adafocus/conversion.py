@@ -26,6 +26,7 @@ import torch
 
 from adafocus.model import AdaFocus
 from effvid.checkpoint import load_checked, remap_state_dict
+from effvid.model_files import read_torch_file
 
 __all__ = [
     "POLICY_COPIES",
@@ -111,12 +112,9 @@ def read_original_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Te
     sub-dicts, as the original loads them, else ``model_state_dict``) or a bare ``GFV`` state dict.
     """
     p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {p}")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt or non-torch file: say which
-        raise ValueError(f"cannot read checkpoint {p}: {exc}") from exc
+    obj = read_torch_file(
+        p, expected="an AdaFocus checkpoint ('glancer'/'focuser'/'fc' entries or a state dict)"
+    )
     if not isinstance(obj, Mapping):
         raise ValueError(f"checkpoint {p} holds a {type(obj).__name__}, not a dict")
     parts = {"glancer": "glancer.", "focuser": "focuser.", "fc": "classifier.", "policy": "policy."}

@@ -30,7 +30,8 @@ import torch
 from torch import nn
 
 from deltadist.delta import DeltaConv, delta_layers
-from effvid.checkpoint import CheckpointMismatchError, load_checked, load_state_dict_file
+from effvid.checkpoint import CheckpointMismatchError, load_checked
+from effvid.model_files import read_state_dict
 
 __all__ = [
     "convert_original_state_dict",
@@ -177,7 +178,9 @@ def load_original_state_dict(
 
 def load_original_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> None:
     """Read an authors' delta-distilled checkpoint file and load it (see :func:`load_original_state_dict`)."""
-    load_original_state_dict(model, load_state_dict_file(path), source=str(path))
+    load_original_state_dict(
+        model, read_state_dict(path, expected="a delta-distilled checkpoint"), source=str(path)
+    )
 
 
 def load_frame_based_state_dict(
