@@ -1,0 +1,377 @@
+"""The VideoIQ networks: any-precision ResNet, full-precision teacher, precision policy.
+
+::
+
+    clip (B, T, 3, H, W)
+      |-- bilinear 84x84 --> MobileNetV2 --> avg pool --> dropout --> LSTMCell(1280, 512) -- per frame t
+      |                                                          --> Linear(512, #bits + #skips)
+      |                                                          --> decision r_t (one-hot)
+      '-- any-precision ResNet at the chosen bit width (skip: nothing) --> feature (F,) per kept frame
+                                           mean over kept frames --> fc --> video logits (B, K)
+
+The any-precision ResNet is the core's torchvision ResNet after layer surgery: every residual
+block's convolutions become :class:`~videoiq.quant.QConv2d`, its BatchNorms switchable, and PACT
+quantisers are placed on the block input (shared by the identity path), before conv2 and before
+conv3. The stem (conv1, bn1) and the classifier stay full precision and are shared by all bit
+widths. Note that its "32-bit" member is not the float network: weights are tanh-normalised and
+activations PACT-clipped. The float network is the separate :class:`FullPrecisionTeacher`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
+
+from effvid.models import get_backbone, replace_modules
+from videoiq.quant import PACT, QConv2d, SwitchableBatchNorm2d, check_family, set_bit_width
+
+__all__ = [
+    "AnyPrecisionBlock",
+    "AnyPrecisionResNet",
+    "FullPrecisionTeacher",
+    "PolicyOutput",
+    "PrecisionPolicy",
+    "VideoIQ",
+    "VideoIQOutput",
+]
+
+RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
+
+
+def _pool(maps: torch.Tensor) -> torch.Tensor:
+    # adaptive pooling as in the original (not .mean), so features match it to the last bit
+    return F.adaptive_avg_pool2d(maps, 1).flatten(1)
+
+
+class AnyPrecisionBlock(nn.Module):
+    """A torchvision ``BasicBlock``/``Bottleneck`` made any-precision, keeping its parameter names.
+
+    ::
+
+        x --quant1--> x_q --conv1, bn1, relu --quant2--> conv2, bn2 [, relu --quant3--> conv3, bn3]
+                       '--(downsample: QConv2d, switchable BN)-------------------------------> (+), relu
+    """
+
+    def __init__(
+        self,
+        block: BasicBlock | Bottleneck,
+        family: Sequence[int],
+        q_init: float | Sequence[float] = 2.0,
+        *,
+        mean_aligned: bool = False,
+    ) -> None:
+        super().__init__()
+        family = check_family(family)
+        self.bottleneck = isinstance(block, Bottleneck)
+        n = 3 if self.bottleneck else 2
+        for k in range(1, n + 1):
+            setattr(self, f"quant{k}", PACT(family, q_init))
+            setattr(
+                self,
+                f"conv{k}",
+                QConv2d.from_conv(getattr(block, f"conv{k}"), family, mean_aligned=mean_aligned),
+            )
+            setattr(self, f"bn{k}", SwitchableBatchNorm2d.from_bn(getattr(block, f"bn{k}"), family))
+        self.downsample: nn.Sequential | None = None
+        if block.downsample is not None:
+            conv, bn = block.downsample
+            self.downsample = nn.Sequential(
+                QConv2d.from_conv(conv, family, mean_aligned=mean_aligned),
+                SwitchableBatchNorm2d.from_bn(bn, family),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C_in, H, W), non-negative -> (N, C_out, H', W')."""
+        x = self.quant1(x)
+        out = self.bn2(self.conv2(self.quant2(torch.relu(self.bn1(self.conv1(x))))))
+        if self.bottleneck:
+            out = self.bn3(self.conv3(self.quant3(torch.relu(out))))
+        identity = x if self.downsample is None else self.downsample(x)
+        return torch.relu(out + identity)
+
+
+class _BitWidthMixin:
+    family: tuple[int, ...]
+
+    def set_bit_width(self, bits: int) -> None:
+        """Run every quantised layer at ``bits`` (one of ``family``)."""
+        if bits not in self.family:
+            raise ValueError(f"bit width {bits} is not in the family {self.family}")
+        set_bit_width(self, bits)  # type: ignore[arg-type]
+
+    @contextmanager
+    def bit_width(self, bits: int):
+        """``with model.bit_width(4): ...`` (restores the largest bit width afterwards)."""
+        self.set_bit_width(bits)
+        try:
+            yield self
+        finally:
+            self.set_bit_width(self.family[0])
+
+
+class AnyPrecisionResNet(_BitWidthMixin, nn.Module):
+    """The recognition network of VideoIQ's step 2 (``ResNet_PACT_AP``): one set of weights run
+    at any bit width of ``bit_width_family``, a full-precision stem and classifier.
+
+    Args:
+        arch: a ResNet of the effvid registry (``resnet18`` / ``resnet50`` in the paper).
+        num_classes: classifier outputs.
+        bit_width_family: the bit widths, largest first (``(32, 4, 2)``).
+        q_init: initial PACT clip, one value or one per bit width.
+        dropout: before the classifier (0.5 in the original).
+        mean_aligned: the original's ``--mean_aligned`` weight rescale.
+    """
+
+    def __init__(
+        self,
+        *,
+        arch: str = "resnet50",
+        num_classes: int,
+        bit_width_family: Sequence[int] = (32, 4, 2),
+        q_init: float | Sequence[float] = 2.0,
+        dropout: float = 0.5,
+        mean_aligned: bool = False,
+    ) -> None:
+        super().__init__()
+        if arch not in RESNETS:
+            raise ValueError(f"the any-precision network is a ResNet ({', '.join(RESNETS)}), got '{arch}'")
+        self.family = check_family(bit_width_family)
+        self.arch = arch
+        self.backbone = get_backbone(arch)
+        replace_modules(
+            self.backbone,
+            (BasicBlock, Bottleneck),
+            lambda _name, block: AnyPrecisionBlock(block, self.family, q_init, mean_aligned=mean_aligned),
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(self.backbone.num_features, num_classes)
+
+    @property
+    def num_features(self) -> int:
+        return self.backbone.num_features
+
+    def frame_features(self, frames: torch.Tensor, bits: int | None = None) -> torch.Tensor:
+        """(N, 3, H, W) -> pooled features (N, F), at ``bits`` if given (else the active width)."""
+        if bits is not None:
+            self.set_bit_width(bits)
+        return _pool(self.backbone.forward_feature_maps(frames))
+
+    def forward(self, clip: torch.Tensor, bits: int | None = None) -> torch.Tensor:
+        """Static forward at one bit width: clip (B, T, 3, H, W) -> logits (B, K), averaged over T."""
+        b, t = clip.shape[:2]
+        logits = self.fc(self.dropout(self.frame_features(clip.flatten(0, 1), bits)))
+        return logits.view(b, t, -1).mean(dim=1)
+
+
+class FullPrecisionTeacher(nn.Module):
+    """The float ResNet + classifier that the original kept inside the student as ``*_32fp``:
+    clip (B, T, 3, H, W) -> logits (B, K) averaged over T (no dropout, as in ``resnet_videoiq``)."""
+
+    def __init__(self, *, arch: str = "resnet50", num_classes: int) -> None:
+        super().__init__()
+        self.backbone = get_backbone(arch)
+        self.fc = nn.Linear(self.backbone.num_features, num_classes)
+
+    def forward(self, clip: torch.Tensor) -> torch.Tensor:
+        b, t = clip.shape[:2]
+        logits = self.fc(_pool(self.backbone.forward_feature_maps(clip.flatten(0, 1))))
+        return logits.view(b, t, -1).mean(dim=1)
+
+
+@dataclass
+class PolicyOutput:
+    decisions: torch.Tensor  # (B, T, A) one-hot over [bit widths..., skips...], forced skips included
+    log_probs: torch.Tensor  # (B, T, A) log-softmax (clamped at log 1e-8), forced frames copy theirs
+    class_logits: torch.Tensor | None  # (B, K) from the policy head, or None
+
+
+class PrecisionPolicy(nn.Module):
+    """Per-frame choice of a bit width or a skip (``policynet.MobileNetV2`` of the original).
+
+    MobileNetV2 (effvid registry; its first and last convs DoReFa-normalised at 32 bits, as in
+    the original) on each frame resized to ``input_size``, average pool, dropout, an LSTMCell
+    unrolled over time, ``Linear(hidden, #bits + #skips)``. A skip option ``s`` skips ``s``
+    frames, the current one included: the frames it forces copy the hidden state, decision and
+    log-probabilities of the frame that chose it (the LSTM cell state still advances).
+
+    Args:
+        num_bits: how many bit widths it chooses among (the first columns of a decision).
+        skip_list: frames skipped by each skip option (``(1,)``; ``()``: no skip).
+        num_classes: size of the optional classification head on the mean hidden state.
+        hidden, dropout, input_size, temperature: 512, 0.8, 84, 5.0 in the original.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_bits: int,
+        skip_list: Sequence[int] = (1,),
+        num_classes: int | None = None,
+        hidden: int = 512,
+        dropout: float = 0.8,
+        input_size: int = 84,
+        temperature: float = 5.0,
+    ) -> None:
+        super().__init__()
+        if any(int(s) < 1 for s in skip_list):
+            raise ValueError(f"skip options skip at least one frame, got {tuple(skip_list)}")
+        self.num_bits, self.skip_list, self.input_size = (
+            num_bits,
+            tuple(int(s) for s in skip_list),
+            input_size,
+        )
+        self.backbone = get_backbone("mobilenet_v2")
+        last = f"features.{len(self.backbone.features) - 1}.0"
+        replace_modules(
+            self.backbone, ["features.0.0", last], lambda _n, conv: QConv2d.from_conv(conv, (32,))
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.rnn = nn.LSTMCell(self.backbone.num_features, hidden)
+        self.linear = nn.Linear(hidden, num_bits + len(self.skip_list))
+        self.fc = nn.Linear(hidden, num_classes) if num_classes else None
+        self.register_buffer("temperature", torch.full((1,), float(temperature)))
+        for m in (self.linear, self.fc):  # near-uniform initial policy, as in the original
+            if m is not None:
+                nn.init.normal_(m.weight, 0.0, 0.001)
+                nn.init.zeros_(m.bias)
+
+    @property
+    def num_actions(self) -> int:
+        return self.num_bits + len(self.skip_list)
+
+    def decay_temperature(self, rate: float = 0.956) -> float:
+        """Multiply the Gumbel temperature by ``rate`` (the original does it after every epoch)."""
+        self.temperature.mul_(rate)
+        return float(self.temperature)
+
+    def frame_features(self, clip: torch.Tensor) -> torch.Tensor:
+        """clip (B, T, 3, H, W) -> dropped-out MobileNetV2 features (B, T, 1280)."""
+        b, t, c = clip.shape[:3]
+        # resized as one (B, T*3, H, W) image like the original; per-frame batches round differently
+        size = [self.input_size, self.input_size]
+        small = F.interpolate(clip.flatten(1, 2), size=size, mode="bilinear").view(b * t, c, *size)
+        return self.dropout(_pool(self.backbone.forward_feature_maps(small))).view(b, t, -1)
+
+    def forward(self, clip: torch.Tensor, *, sample: bool | None = None) -> PolicyOutput:
+        """clip (B, T, 3, H, W) -> :class:`PolicyOutput`.
+
+        ``sample`` (default: ``self.training``) draws hard Gumbel-softmax decisions at the current
+        temperature (straight-through gradients); otherwise the decision is the argmax.
+        """
+        sample = self.training if sample is None else sample
+        feats = self.frame_features(clip)
+        b, t = feats.shape[:2]
+        hx = feats.new_zeros(b, self.rnn.hidden_size)
+        cx = feats.new_zeros(b, self.rnn.hidden_size)
+        remain = torch.zeros(b, dtype=torch.long, device=feats.device)  # frames still to skip
+        skips = torch.tensor(self.skip_list, dtype=torch.long, device=feats.device)
+        decisions, log_probs, hiddens = [], [], []
+        for step in range(t):
+            hx_prev = hx  # the state a forced frame keeps (the cell state cx still advances)
+            hx, cx = self.rnn(feats[:, step], (hx, cx))
+            hiddens.append(hx)
+            logp = torch.log(F.softmax(self.linear(hx), dim=1).clamp(min=1e-8))
+            if sample:
+                r = F.gumbel_softmax(logp, tau=self.temperature, hard=True)
+            else:
+                r = F.one_hot(logp.argmax(dim=1), self.num_actions).to(logp.dtype)
+            if step > 0:
+                forced = (remain > 0)[:, None]
+                hx = torch.where(forced, hx_prev, hx)
+                r = torch.where(forced, decisions[-1], r)
+                logp = torch.where(forced, log_probs[-1], logp)
+            if len(skips):
+                chosen = r[:, self.num_bits :] > 0.5
+                start = (remain == 0) & chosen.any(dim=1)
+                remain = torch.where(start, (chosen.long() * skips).sum(dim=1), remain)
+            decisions.append(r)
+            log_probs.append(logp)
+            remain = (remain - 1).clamp(min=0)
+        class_logits = self.fc(torch.stack(hiddens, dim=1).mean(dim=1)) if self.fc is not None else None
+        return PolicyOutput(torch.stack(decisions, dim=1), torch.stack(log_probs, dim=1), class_logits)
+
+
+@dataclass
+class VideoIQOutput:
+    logits: torch.Tensor  # (B, K) video logits from the kept frames at their chosen precision
+    policy: PolicyOutput
+    features: torch.Tensor  # (B, T, #bits, F) every frame at every bit width
+
+
+class VideoIQ(nn.Module):
+    """Policy + any-precision ResNet (``ResNetVideoIQ`` of the original, without its teacher).
+
+    :meth:`forward` is the training forward of the original: every frame runs at every bit
+    width, and the decisions select the features (so that the policy gets gradients through the
+    straight-through one-hot). :mod:`videoiq.inference` runs only what was chosen.
+
+    Args:
+        arch, num_classes, bit_width_family, q_init, dropout: see :class:`AnyPrecisionResNet`.
+        skip_list: the policy's skip options.
+        policy_head: add the policy's classification head (``--is_policy_pred``).
+        policy_kwargs: more :class:`PrecisionPolicy` arguments (``input_size``, ``hidden``...).
+    """
+
+    def __init__(
+        self,
+        *,
+        arch: str = "resnet50",
+        num_classes: int,
+        bit_width_family: Sequence[int] = (32, 4, 2),
+        skip_list: Sequence[int] = (1,),
+        q_init: float | Sequence[float] = 2.0,
+        dropout: float = 0.5,
+        policy_head: bool = False,
+        policy_kwargs: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self.recognizer = AnyPrecisionResNet(
+            arch=arch,
+            num_classes=num_classes,
+            bit_width_family=bit_width_family,
+            q_init=q_init,
+            dropout=dropout,
+        )
+        self.policy = PrecisionPolicy(
+            num_bits=len(self.recognizer.family),
+            skip_list=skip_list,
+            num_classes=num_classes if policy_head else None,
+            **(policy_kwargs or {}),
+        )
+
+    @property
+    def family(self) -> tuple[int, ...]:
+        return self.recognizer.family
+
+    @property
+    def skip_list(self) -> tuple[int, ...]:
+        return self.policy.skip_list
+
+    def combine(self, features: torch.Tensor, decisions: torch.Tensor) -> torch.Tensor:
+        """The original's ``combine_logits`` + head: features (B, T, P, F) of each frame at each
+        bit width, decisions (B, T, A) -> logits (B, K) = fc of the mean feature over the kept
+        frames (per-frame dropout in training; a video that skipped every frame gets fc's bias)."""
+        b, t, p = features.shape[:3]
+        chosen = decisions[:, :, :p]
+        feat = (features * chosen.unsqueeze(-1)).sum(dim=2)
+        kept_share = chosen.sum(dim=(1, 2)).clamp(min=1) / float(t)
+        feat = feat / kept_share[:, None, None]
+        logits = self.recognizer.fc(self.recognizer.dropout(feat.flatten(0, 1)))
+        return logits.view(b, t, -1).mean(dim=1)
+
+    def forward(self, clip: torch.Tensor, *, sample: bool | None = None) -> VideoIQOutput:
+        """clip (B, T, 3, H, W) -> :class:`VideoIQOutput` (every bit width runs on every frame)."""
+        policy = self.policy(clip, sample=sample)
+        frames = clip.flatten(0, 1)
+        feats = []
+        for bits in self.family:
+            feats.append(self.recognizer.frame_features(frames, bits).view(*clip.shape[:2], -1))
+        self.recognizer.set_bit_width(self.family[0])
+        features = torch.stack(feats, dim=2)
+        return VideoIQOutput(self.combine(features, policy.decisions), policy, features)
