@@ -68,6 +68,9 @@ def test_dynamic_inference_agrees_with_running_every_precision():
         full = model(clip)
     result = dynamic_inference(model, clip)
     assert torch.equal(result.actions, full.policy.decisions.argmax(-1))
-    torch.testing.assert_close(result.logits, full.logits, atol=1e-4, rtol=0)
+    # not bit-identical: PACT rescales by the mean over the batch it runs in (the original's
+    # x * m2 / m3), so a frame's features move by ulps with its batch-mates; measured here up to
+    # 2.8e-4 on 32-bit features of magnitude 7 and 1.7e-4 on the logits, none without the rescale
+    torch.testing.assert_close(result.logits, full.logits, atol=1e-3, rtol=0)
     torch.testing.assert_close(result.probs.sum(-1), torch.ones(clip.shape[0]))
     assert {m.bit_width for m in model.modules() if isinstance(m, QConv2d) and len(m.family) == 3} == {32}
