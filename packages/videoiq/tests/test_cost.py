@@ -5,8 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 from test_inference import _converted
-from videoiq.cost import frame_bitops, measure_unit_costs, paper_gflops, video_bitops, video_macs
+from videoiq.cost import (
+    PAPER_FIRST_LAST_GFLOPS,
+    PAPER_POLICY_GFLOPS,
+    frame_bitops,
+    measure_unit_costs,
+    paper_gflops,
+    video_bitops,
+    video_macs,
+)
 from videoiq.inference import dynamic_inference
+from videoiq.model import VideoIQ
 
 from effvid.flops import count_macs, crosscheck, mac_table
 from effvid.models import get_backbone
@@ -58,3 +67,13 @@ def test_bitops_weight_each_layer_by_its_bit_width():
     float_part = (costs["policy_frame"] * 6 + costs["classifier"]) * 1024
     expect = per_frame[32] + per_frame[4] + per_frame[2] + float_part
     assert video_bitops(actions, per_frame, costs, (32, 4, 2), 2).item() == expect
+
+
+@pytest.mark.parametrize("arch,paper", [("resnet18", 29.10), ("resnet50", 65.76)])
+def test_paper_constants_are_the_measured_macs_to_one_percent(arch, paper):
+    model = VideoIQ(arch=arch, num_classes=200, policy_head=True)
+    costs = measure_unit_costs(model, (3, 224, 224))  # meta device: nothing is computed
+    assert costs["backbone@32"] * 16 / 1e9 == pytest.approx(paper, rel=0.01)  # 16 frames at 224^2
+    stem = mac_table(get_backbone(arch).eval(), torch.empty(1, 3, 224, 224)).macs_of("conv1")
+    assert stem * 16 / 1e9 == pytest.approx(PAPER_FIRST_LAST_GFLOPS, rel=0.02)  # 1.89 of the 1.92
+    assert costs["policy_frame"] * 16 / 1e9 == pytest.approx(sum(PAPER_POLICY_GFLOPS), rel=0.04)  # 0.864
