@@ -133,3 +133,19 @@ def test_video_prediction_averages_features_of_kept_frames():
     out = model(torch.randn(2, 3, 3, 32, 32))
     assert out.logits.shape == (2, 3) and out.features.shape == (2, 3, 3, 512)
     assert out.policy.decisions.shape == (2, 3, 4) and out.policy.class_logits is None
+
+
+def test_any_precision_network_starts_from_the_float_network():
+    torch.manual_seed(0)
+    teacher = FullPrecisionTeacher(arch="resnet18", num_classes=3)
+    with torch.no_grad():
+        teacher.backbone.layer2[0].bn1.running_mean.uniform_()
+    net = AnyPrecisionResNet.from_float(teacher, bit_width_family=(32, 4), q_init=[3.0, 2.0])
+    assert torch.equal(net.backbone.layer3[1].conv2.weight, teacher.backbone.layer3[1].conv2.weight)
+    for bits in ("32", "4"):
+        bn = net.backbone.layer2[0].bn1.bns[bits]
+        assert torch.equal(bn.running_mean, teacher.backbone.layer2[0].bn1.running_mean)
+    assert torch.equal(net.fc.weight, teacher.fc.weight) and torch.equal(
+        net.backbone.conv1.weight, teacher.backbone.conv1.weight
+    )
+    assert net.backbone.layer1[0].quant1.clips["4"].item() == 2.0

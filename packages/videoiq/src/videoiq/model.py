@@ -19,6 +19,7 @@ activations PACT-clipped. The float network is the separate :class:`FullPrecisio
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
+from effvid.checkpoint import load_checked
 from effvid.models import get_backbone, replace_modules
 from videoiq.quant import PACT, QConv2d, SwitchableBatchNorm2d, check_family, set_bit_width
 
@@ -152,6 +154,22 @@ class AnyPrecisionResNet(_BitWidthMixin, nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(self.backbone.num_features, num_classes)
 
+    @classmethod
+    def from_float(cls, teacher: FullPrecisionTeacher, **kwargs) -> AnyPrecisionResNet:
+        """Start from a trained float network, as the original's step 2 does from step 1: convs,
+        stem and classifier copied, every bit width's BN a copy of the float BN; the PACT clips
+        keep ``q_init``. ``kwargs`` are the other constructor arguments (``num_classes`` and
+        ``arch`` come from the teacher)."""
+        model = cls(arch=teacher.arch, num_classes=teacher.fc.out_features, **kwargs)
+        float_state = teacher.state_dict()
+        state = {}
+        for key in model.state_dict():
+            if ".clips." in key:
+                continue
+            state[key] = float_state[re.sub(r"\.bns\.\d+\.", ".", key)]
+        load_checked(model, state, allow_missing=("*.clips.*",), source="float network")
+        return model
+
     @property
     def num_features(self) -> int:
         return self.backbone.num_features
@@ -175,6 +193,7 @@ class FullPrecisionTeacher(nn.Module):
 
     def __init__(self, *, arch: str = "resnet50", num_classes: int) -> None:
         super().__init__()
+        self.arch = arch
         self.backbone = get_backbone(arch)
         self.fc = nn.Linear(self.backbone.num_features, num_classes)
 
