@@ -219,12 +219,13 @@ class OrigResNetPACTBackbone(nn.Module):
         """x (B, 3T, H, W) -> (last map (BT, C, h, w), teacher logits (B, K) or None)."""
         b, ct, h, w = x.shape
         x = x.view(b * self.num_frames, ct // self.num_frames, h, w)
-        out_32fp = None
+        out_32fp = fp5_32fp = None
         if self.is_32fp and bit == max(self.family):
             with torch.no_grad():
-                f = self.avgpool(self._trunk(x.clone(), 32, "_32fp")).flatten(1)
+                fp5_32fp = self._trunk(x.clone(), 32, "_32fp")
+                f = self.avgpool(fp5_32fp).flatten(1)
                 out_32fp = self.fc_32fp(f).view(b, -1, self.fc_32fp.out_features).mean(dim=1)
-        return self._trunk(x, bit), out_32fp
+        return self._trunk(x, bit), out_32fp, fp5_32fp
 
 
 class OrigResNetPACTAP(OrigResNetPACTBackbone):
@@ -238,7 +239,7 @@ class OrigResNetPACTAP(OrigResNetPACTBackbone):
 
     def forward(self, x, bit):
         b = x.shape[0]
-        maps, out_32fp = super().forward(x, bit)
+        maps, out_32fp, _ = super().forward(x, bit)
         logits = self.fc(self.dropout(self.avgpool(maps).flatten(1)))
         return logits.view(b, -1, logits.shape[-1]).mean(dim=1), out_32fp
 
@@ -342,13 +343,27 @@ class OrigPolicy(nn.Module):
 
 
 class OrigResNetVideoIQ(nn.Module):
-    """``ResNetVideoIQ`` (switch_bn, switch_clipval, p_bit 32, no use_fp_as_bb)."""
+    """``ResNetVideoIQ`` (switch_bn, switch_clipval, p_bit 32)."""
 
-    def __init__(self, depth, num_frames, family, skip_list, q_init, is_32fp, is_policy_pred, num_classes):
+    def __init__(
+        self,
+        depth,
+        num_frames,
+        family,
+        skip_list,
+        q_init,
+        is_32fp,
+        is_policy_pred,
+        num_classes,
+        use_fp_as_bb=False,
+    ):
         super().__init__()
-        self.num_frames, self.family, self.prec_dim = num_frames, family, len(family)
-        self.backbone = OrigResNetPACTBackbone(depth, num_frames, family, q_init, is_32fp, num_classes)
-        self.policy_net = OrigPolicy(num_frames, len(family), skip_list, is_policy_pred, num_classes)
+        self.num_frames, self.family, self.use_fp_as_bb = num_frames, family, use_fp_as_bb
+        self.prec_dim = len(family) + int(use_fp_as_bb)
+        self.backbone = OrigResNetPACTBackbone(
+            depth, num_frames, family, q_init, is_32fp or use_fp_as_bb, num_classes
+        )
+        self.policy_net = OrigPolicy(num_frames, self.prec_dim, skip_list, is_policy_pred, num_classes)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.dropout = nn.Dropout(0.5)
         self.fc = nn.Linear(512 * (4 if depth >= 50 else 1), num_classes)
@@ -359,9 +374,11 @@ class OrigResNetVideoIQ(nn.Module):
         r, p, policy_out = self.policy_net(F.interpolate(x, size=[policy_size, policy_size], mode="bilinear"))
         feats, out_32fp = [], None
         for idx, bit in enumerate(self.family):
-            maps, teacher = self.backbone(x, bit)
+            maps, teacher, maps_32fp = self.backbone(x, bit)
             if idx == 0:
                 out_32fp = teacher
+                if self.use_fp_as_bb:  # the float copy's features are the first choice
+                    feats.append(self.avgpool(maps_32fp).flatten(1).view(b, self.num_frames, -1))
             feats.append(self.avgpool(maps).flatten(1).view(b, self.num_frames, -1))
         pred = torch.stack(feats, dim=2)
         rr = r[:, :, : self.prec_dim].unsqueeze(-1).expand_as(pred)

@@ -6,6 +6,7 @@ import pytest
 import torch
 from original_reference import OrigResNetPACTAP, OrigResNetVideoIQ, calibrate_bn, randomise
 from videoiq.conversion import convert_original_state_dict, load_original_checkpoint
+from videoiq.inference import dynamic_inference
 from videoiq.model import AnyPrecisionResNet, FullPrecisionTeacher, VideoIQ
 
 from effvid.checkpoint import CheckpointMismatchError
@@ -22,10 +23,13 @@ def _clip(b, t, seed, size=32):
     ) * 3 + torch.randn(b, t, 3, 1, 1, generator=g)
 
 
-def original_videoiq(depth, b=3, t=6, seed=3, teacher=True, policy_head=True, classes=6):
+def original_videoiq(
+    depth, b=3, t=6, seed=3, teacher=True, policy_head=True, classes=6, family=FAMILY, fp=False
+):
     """A randomised, BN-calibrated original ResNetVideoIQ whose argmax policy varies between frames."""
     torch.manual_seed(seed)
-    ref = randomise(OrigResNetVideoIQ(depth, t, FAMILY, SKIPS, 2.0, teacher, policy_head, classes), seed)
+    ref = OrigResNetVideoIQ(depth, t, family, SKIPS, 2.0, teacher, policy_head, classes, use_fp_as_bb=fp)
+    ref = randomise(ref, seed)
     with torch.no_grad():
         ref.policy_net.linear.weight.mul_(50)
         ref.policy_net.linear.bias.zero_()
@@ -39,13 +43,14 @@ def _module_state(ref):
     return {f"module.{k}": v for k, v in ref.state_dict().items()}
 
 
-def _ours(depth, teacher=True, policy_head=True, classes=6, family=FAMILY):
+def _ours(depth, teacher=True, policy_head=True, classes=6, family=FAMILY, fp=False):
     model = VideoIQ(
         arch=f"resnet{depth}",
         num_classes=classes,
         bit_width_family=family,
         skip_list=SKIPS,
         policy_head=policy_head,
+        float_branch=fp,
     ).eval()
     return model, FullPrecisionTeacher(arch=f"resnet{depth}", num_classes=classes).eval() if teacher else None
 
@@ -168,3 +173,28 @@ def test_tied_downsample_conv_is_loaded_once_and_extra_bit_widths_are_dropped():
         convert_original_state_dict(untied)
     with pytest.warns(UserWarning, match="largest bit width is 32, the model's 4"):
         convert_original_state_dict(state, bit_width_family=(4, 2))
+
+
+def test_use_fp_as_bb_checkpoint_loads_into_a_float_branch():
+    # the ActivityNet step-4 setting: family 4 2, the float copy as the first policy choice
+    ref, x = original_videoiq(18, 3, 6, 4, family=[4, 2], fp=True)  # actions: float, 2 bits, skip 2
+    state = _module_state(ref)
+    with pytest.raises(
+        ValueError, match=r"policy has 5 actions, the model 4 .*build VideoIQ\(float_branch=True\)"
+    ):
+        load_original_checkpoint(_ours(18, family=(4, 2))[0], state)
+    model, teacher = _ours(18, family=(4, 2), fp=True)
+    assert model.precisions == ("float", 4, 2) and model.precision_bits == (32, 4, 2)
+    load_original_checkpoint(model, state, teacher=teacher)
+    with torch.no_grad():
+        out, r, p, out_32fp, policy_out, feats = ref.ada_forward(x.flatten(1, 2))
+        ours = model(x)
+    assert 0 in r.argmax(-1) and len(set(r.argmax(-1).flatten().tolist())) >= 3  # the float branch is chosen
+    assert torch.equal(ours.policy.decisions, r)
+    for i in range(3):
+        assert torch.equal(ours.features[:, :, i], feats[i])
+    assert torch.equal(ours.logits, out) and torch.equal(teacher(x), out_32fp)
+    result = dynamic_inference(model, x)
+    assert torch.equal(result.actions, r.argmax(-1))
+    assert torch.equal(result.bits, torch.tensor([32, 4, 2, 0, 0])[result.actions])
+    torch.testing.assert_close(result.logits, out, atol=1e-3, rtol=0)

@@ -77,3 +77,18 @@ def test_paper_constants_are_the_measured_macs_to_one_percent(arch, paper):
     stem = mac_table(get_backbone(arch).eval(), torch.empty(1, 3, 224, 224)).macs_of("conv1")
     assert stem * 16 / 1e9 == pytest.approx(PAPER_FIRST_LAST_GFLOPS, rel=0.02)  # 1.89 of the 1.92
     assert costs["policy_frame"] * 16 / 1e9 == pytest.approx(sum(PAPER_POLICY_GFLOPS), rel=0.04)  # 0.864
+
+
+def test_costs_of_a_float_branch():
+    model = VideoIQ(arch="resnet18", num_classes=3, bit_width_family=(4, 2), float_branch=True)
+    costs = measure_unit_costs(model, (3, 32, 32))
+    assert costs["backbone@float"] == costs["backbone@4"] == costs["backbone@2"]
+    per_frame = frame_bitops(model, (3, 32, 32))
+    stem = mac_table(get_backbone("resnet18").eval(), torch.empty(1, 3, 32, 32)).macs_of("conv1")
+    assert per_frame["float"] == costs["backbone@float"] * 1024
+    assert per_frame[4] == stem * 1024 + (costs["backbone@4"] - stem) * 16
+    # the original charges the float branch like an 8-bit frame: action 0 costs the full backbone
+    g = paper_gflops(torch.tensor([[0, 1, 2, 3]]), model.precision_bits, 1, arch="resnet18")
+    assert g["backbone"].item() == pytest.approx(1.92 + 27.18 * (1 + 0.25 + 1 / 16) / 4)
+    macs = video_macs(torch.tensor([[0, 1, 2, 3]]), costs, model.precisions, 1)
+    assert macs["backbone"].item() == 3 * costs["backbone@4"]

@@ -172,6 +172,32 @@ def convert_original_state_dict(
     return ConvertedState(model, teacher or None, layout, tuple(found))
 
 
+def _with_float_branch(model: VideoIQ, converted: ConvertedState, source: str) -> dict[str, torch.Tensor]:
+    """Check the policy's action count (a clear message for --use_fp_as_bb) and give a model with a
+    float branch the checkpoint's float trunk (the original's ``*_32fp`` copy served both roles)."""
+    linear = converted.model.get("policy.linear.weight")
+    if linear is not None and linear.shape[0] != model.policy.num_actions:
+        hint = ""
+        if linear.shape[0] == model.policy.num_actions + 1 and model.float_branch is None:
+            hint = "; it was trained with --use_fp_as_bb: build VideoIQ(float_branch=True)"
+        elif linear.shape[0] == model.policy.num_actions - 1 and model.float_branch is not None:
+            hint = "; it was trained without --use_fp_as_bb: build VideoIQ(float_branch=False)"
+        raise ValueError(
+            f"checkpoint {source}: the policy has {linear.shape[0]} actions, the model "
+            f"{model.policy.num_actions} (precisions {model.precisions}, skips {model.skip_list}){hint}"
+        )
+    if model.float_branch is None:
+        return converted.model
+    if converted.teacher is None:
+        raise ValueError(f"checkpoint {source} has no float trunk (*_32fp keys) for the model's float branch")
+    trunk = {
+        "float_branch." + k[len("backbone.") :]: v
+        for k, v in converted.teacher.items()
+        if k.startswith("backbone.")
+    }
+    return {**converted.model, **trunk}
+
+
 def load_original_checkpoint(
     model: VideoIQ | AnyPrecisionResNet,
     checkpoint: str | os.PathLike[str] | Mapping[str, torch.Tensor],
@@ -182,7 +208,9 @@ def load_original_checkpoint(
 
     ``model`` is a :class:`VideoIQ` for a ``resnet_videoiq`` checkpoint, an
     :class:`AnyPrecisionResNet` for a ``resnet_pact_ap`` one. The checkpoint's float teacher is
-    loaded into ``teacher`` when given (an error if the checkpoint has none) and left out otherwise.
+    loaded into ``teacher`` when given (an error if the checkpoint has none) and left out otherwise;
+    a ``--use_fp_as_bb`` checkpoint needs ``VideoIQ(float_branch=True)``, whose float branch gets
+    the teacher's trunk.
     """
     if isinstance(checkpoint, Mapping):
         state, source = checkpoint, ""
@@ -197,7 +225,10 @@ def load_original_checkpoint(
             f"checkpoint {source or '<state dict>'} is a {names[converted.layout]} state dict, "
             f"but the model is a {type(model).__name__}, which loads {names[want]} ones"
         )
-    load_checked(model, converted.model, source=source)
+    state = converted.model
+    if isinstance(model, VideoIQ):
+        state = _with_float_branch(model, converted, source or "<state dict>")
+    load_checked(model, state, source=source)
     if teacher is not None:
         if converted.teacher is None:
             raise ValueError(f"checkpoint {source or '<state dict>'} has no float teacher (*_32fp keys)")

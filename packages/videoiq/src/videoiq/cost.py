@@ -51,14 +51,19 @@ def _counts(actions: torch.Tensor, num_actions: int) -> torch.Tensor:
 
 
 def paper_gflops(
-    actions: torch.Tensor, family: Sequence[int], num_skips: int, *, arch: str, policy_bits: int = 32
+    actions: torch.Tensor, precision_bits: Sequence[int], num_skips: int, *, arch: str, policy_bits: int = 32
 ) -> dict[str, torch.Tensor]:
-    """The original's GFLOPs per video: actions (B, T) -> ``backbone``, ``policy``, ``total`` (B,)."""
+    """The original's GFLOPs per video: actions (B, T) -> ``backbone``, ``policy``, ``total`` (B,).
+
+    ``precision_bits``: bits of each precision choice in action order (``VideoIQ.precision_bits``:
+    the family, preceded by 32 for a float branch, which the original also charges as 8 bits)."""
     if arch not in PAPER_BACKBONE_GFLOPS:
         raise ValueError(
             f"the original's formula has constants for {sorted(PAPER_BACKBONE_GFLOPS)}, not '{arch}'"
         )
-    codebook = torch.tensor([paper_relative_cost(b) for b in family] + [0.0] * num_skips, dtype=torch.float64)
+    codebook = torch.tensor(
+        [paper_relative_cost(b) for b in precision_bits] + [0.0] * num_skips, dtype=torch.float64
+    )
     expected = (_counts(actions, len(codebook)).double() * codebook).sum(dim=1) / actions.shape[1]
     full = PAPER_BACKBONE_GFLOPS[arch]
     backbone = expected * (full - PAPER_FIRST_LAST_GFLOPS) + PAPER_FIRST_LAST_GFLOPS
@@ -68,16 +73,16 @@ def paper_gflops(
 
 
 def measure_unit_costs(model: VideoIQ, frame_shape: Sequence[int] = (3, 224, 224)) -> UnitCosts:
-    """MACs of one execution of each unit, on the meta device: ``backbone@{b}`` (one frame at
-    ``b`` bits, stem included), ``classifier`` (one video), ``policy_frame`` (MobileNetV2 on one
+    """MACs of one execution of each unit, on the meta device: ``backbone@{p}`` (one frame at
+    precision ``p`` - a bit width or ``float`` - stem included), ``classifier`` (one video), ``policy_frame`` (MobileNetV2 on one
     resized frame, one LSTM step, the action layer) and ``policy_head`` (one video, if any)."""
     meta = copy.deepcopy(model).to("meta").eval()
     frame = torch.empty(1, *frame_shape, device="meta")
     policy = meta.policy
     hidden = torch.empty(1, policy.rnn.hidden_size, device="meta")
     costs = UnitCosts()
-    for bits in meta.family:
-        costs.measure(f"backbone@{bits}", meta.recognizer.frame_features, frame, bits)
+    for precision in meta.precisions:
+        costs.measure(f"backbone@{precision}", meta.precision_features, frame, precision)
     costs.measure(
         "classifier", meta.recognizer.fc, torch.empty(1, meta.recognizer.num_features, device="meta")
     )
@@ -94,12 +99,12 @@ def measure_unit_costs(model: VideoIQ, frame_shape: Sequence[int] = (3, 224, 224
 
 
 def video_macs(
-    actions: torch.Tensor, costs: UnitCosts, family: Sequence[int], num_skips: int
+    actions: torch.Tensor, costs: UnitCosts, precisions: Sequence[int | str], num_skips: int
 ) -> dict[str, torch.Tensor]:
     """MACs per video of a dynamic inference: actions (B, T) -> ``backbone``, ``policy``,
-    ``classifier``, ``total`` (B,) float64."""
-    counts = _counts(actions, len(family) + num_skips)
-    backbone = per_sample_macs({f"backbone@{b}": counts[:, i] for i, b in enumerate(family)}, costs)
+    ``classifier``, ``total`` (B,) float64. ``precisions``: ``VideoIQ.precisions``."""
+    counts = _counts(actions, len(precisions) + num_skips)
+    backbone = per_sample_macs({f"backbone@{p}": counts[:, i] for i, p in enumerate(precisions)}, costs)
     policy_units = {"policy_frame": float(actions.shape[1])}
     if "policy_head" in costs.macs:
         policy_units["policy_head"] = 1.0
@@ -113,12 +118,15 @@ def video_macs(
     }
 
 
-def frame_bitops(model: VideoIQ, frame_shape: Sequence[int] = (3, 224, 224)) -> dict[int, int]:
-    """BitOPs of one frame through the backbone at each bit width of the family (meta device)."""
+def frame_bitops(model: VideoIQ, frame_shape: Sequence[int] = (3, 224, 224)) -> dict[int | str, int]:
+    """BitOPs of one frame through the backbone at each precision choice (meta device)."""
     frame = torch.empty(1, *frame_shape)
-    out = {}
+    out: dict[int | str, int] = {}
+    if model.float_branch is not None:
+        w, a = FLOAT_BITS
+        out["float"] = mac_table(copy.deepcopy(model.float_branch).to("meta").eval(), frame).total * w * a
     for bits in model.family:
-        backbone = copy.deepcopy(model.recognizer.backbone).to("meta")
+        backbone = copy.deepcopy(model.recognizer.backbone).to("meta").eval()
         quantised = [name for name, m in backbone.named_modules() if isinstance(m, QConv2d)]
         for name in quantised:
             backbone.get_submodule(name).bit_width = bits
@@ -128,11 +136,15 @@ def frame_bitops(model: VideoIQ, frame_shape: Sequence[int] = (3, 224, 224)) -> 
 
 
 def video_bitops(
-    actions: torch.Tensor, per_frame: dict[int, int], costs: UnitCosts, family: Sequence[int], num_skips: int
+    actions: torch.Tensor,
+    per_frame: dict[int | str, int],
+    costs: UnitCosts,
+    precisions: Sequence[int | str],
+    num_skips: int,
 ) -> torch.Tensor:
-    """BitOPs per video: kept frames at their bit widths + float classifier and policy (B,)."""
-    counts = _counts(actions, len(family) + num_skips).double()
-    backbone = sum(counts[:, i] * float(per_frame[b]) for i, b in enumerate(family))
-    float_macs = video_macs(actions, costs, family, num_skips)
+    """BitOPs per video: kept frames at their precisions + float classifier and policy (B,)."""
+    counts = _counts(actions, len(precisions) + num_skips).double()
+    backbone = sum(counts[:, i] * float(per_frame[p]) for i, p in enumerate(precisions))
+    float_macs = video_macs(actions, costs, precisions, num_skips)
     w, a = FLOAT_BITS
     return backbone + (float_macs["policy"] + float_macs["classifier"]) * (w * a)

@@ -28,7 +28,7 @@ __all__ = ["DynamicResult", "dynamic_inference"]
 @dataclass
 class DynamicResult:
     actions: torch.Tensor  # (B, T) int64: index into [bit widths..., skip options...]
-    bits: torch.Tensor  # (B, T) int64: the bit width each frame ran at, 0 where it was skipped
+    bits: torch.Tensor  # (B, T) int64: the bit width each frame ran at (float: 32), 0 if skipped
     logits: torch.Tensor  # (B, K) video logits
     probs: torch.Tensor  # (B, K) softmax of the logits
 
@@ -47,21 +47,21 @@ def dynamic_inference(model: VideoIQ, clip: torch.Tensor, *, sample: bool = Fals
     """
     model.eval()
     b, t = clip.shape[:2]
-    family = model.family
+    precisions = model.precisions
     actions = model.policy(clip, sample=sample).decisions.argmax(dim=-1)
     flat = actions.flatten()
     frames = clip.flatten(0, 1)
     feats = frames.new_zeros(b * t, model.recognizer.num_features)
     try:
-        for i, bits in enumerate(family):
+        for i, precision in enumerate(precisions):
             idx = (flat == i).nonzero().flatten()
             if idx.numel():
-                feats[idx] = model.recognizer.frame_features(frames[idx], bits).to(feats.dtype)
+                feats[idx] = model.precision_features(frames[idx], precision).to(feats.dtype)
     finally:
-        model.recognizer.set_bit_width(family[0])
-    kept = actions < len(family)
+        model.recognizer.set_bit_width(model.family[0])
+    kept = actions < len(precisions)
     # fc of the mean kept feature = the original's mean over T of fc(feature * T / #kept)
     mean = feats.view(b, t, -1).sum(dim=1) / kept.sum(dim=1).clamp(min=1)[:, None]
     logits = model.recognizer.fc(mean)
-    table = torch.tensor([*family, *[0] * len(model.skip_list)], device=actions.device)
+    table = torch.tensor([*model.precision_bits, *[0] * len(model.skip_list)], device=actions.device)
     return DynamicResult(actions, table[actions], logits, torch.softmax(logits, dim=1))

@@ -51,9 +51,10 @@ def balanced_loss(decisions: torch.Tensor) -> torch.Tensor:
     return ((usage - 1.0 / decisions.shape[-1]) ** 2).sum()
 
 
-def efficiency_codebook(family: Sequence[int], num_skips: int) -> torch.Tensor:
-    """Relative cost of each action (A,): ``min(b, 8)^2 / 64`` per bit width, 0 per skip option."""
-    return torch.tensor([paper_relative_cost(b) for b in family] + [0.0] * num_skips)
+def efficiency_codebook(precision_bits: Sequence[int], num_skips: int) -> torch.Tensor:
+    """Relative cost of each action (A,): ``min(b, 8)^2 / 64`` per precision choice (a float
+    branch counts as 32 bits), 0 per skip option."""
+    return torch.tensor([paper_relative_cost(b) for b in precision_bits] + [0.0] * num_skips)
 
 
 def efficiency_loss(decisions: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:

@@ -320,20 +320,26 @@ class PrecisionPolicy(nn.Module):
 class VideoIQOutput:
     logits: torch.Tensor  # (B, K) video logits from the kept frames at their chosen precision
     policy: PolicyOutput
-    features: torch.Tensor  # (B, T, #bits, F) every frame at every bit width
+    features: torch.Tensor  # (B, T, P, F) every frame at every precision choice
 
 
 class VideoIQ(nn.Module):
     """Policy + any-precision ResNet (``ResNetVideoIQ`` of the original, without its teacher).
 
-    :meth:`forward` is the training forward of the original: every frame runs at every bit
-    width, and the decisions select the features (so that the policy gets gradients through the
+    The policy's actions are ``[precisions..., skips...]``; the precisions are the bit widths of
+    the family, preceded by ``"float"`` with ``float_branch=True`` (the original's
+    ``--use_fp_as_bb``: a frozen float trunk - the original's ``*_32fp`` copy - as one more
+    choice, whose features go through the shared classifier).
+
+    :meth:`forward` is the training forward of the original: every frame runs at every precision,
+    and the decisions select the features (so that the policy gets gradients through the
     straight-through one-hot). :mod:`videoiq.inference` runs only what was chosen.
 
     Args:
         arch, num_classes, bit_width_family, q_init, dropout: see :class:`AnyPrecisionResNet`.
         skip_list: the policy's skip options.
         policy_head: add the policy's classification head (``--is_policy_pred``).
+        float_branch: add the float trunk as the first precision choice.
         policy_kwargs: more :class:`PrecisionPolicy` arguments (``input_size``, ``hidden``...).
     """
 
@@ -347,6 +353,7 @@ class VideoIQ(nn.Module):
         q_init: float | Sequence[float] = 2.0,
         dropout: float = 0.5,
         policy_head: bool = False,
+        float_branch: bool = False,
         policy_kwargs: dict | None = None,
     ) -> None:
         super().__init__()
@@ -357,8 +364,9 @@ class VideoIQ(nn.Module):
             q_init=q_init,
             dropout=dropout,
         )
+        self.float_branch = get_backbone(arch).requires_grad_(False) if float_branch else None
         self.policy = PrecisionPolicy(
-            num_bits=len(self.recognizer.family),
+            num_bits=len(self.precisions),
             skip_list=skip_list,
             num_classes=num_classes if policy_head else None,
             **(policy_kwargs or {}),
@@ -372,9 +380,27 @@ class VideoIQ(nn.Module):
     def skip_list(self) -> tuple[int, ...]:
         return self.policy.skip_list
 
+    @property
+    def precisions(self) -> tuple[int | str, ...]:
+        """The precision choices in action order: ``("float",)`` if any, then the bit widths."""
+        return (("float",) if self.float_branch is not None else ()) + self.family
+
+    @property
+    def precision_bits(self) -> tuple[int, ...]:
+        """Bits of each precision choice (the float branch counts as 32)."""
+        return tuple(32 if p == "float" else int(p) for p in self.precisions)
+
+    def precision_features(self, frames: torch.Tensor, precision: int | str) -> torch.Tensor:
+        """(N, 3, H, W) -> pooled features (N, F) at one precision choice (a bit width or "float")."""
+        if precision == "float":
+            assert self.float_branch is not None
+            with torch.no_grad():  # frozen, as the original's teacher copy
+                return _pool(self.float_branch.forward_feature_maps(frames))
+        return self.recognizer.frame_features(frames, int(precision))
+
     def combine(self, features: torch.Tensor, decisions: torch.Tensor) -> torch.Tensor:
         """The original's ``combine_logits`` + head: features (B, T, P, F) of each frame at each
-        bit width, decisions (B, T, A) -> logits (B, K) = fc of the mean feature over the kept
+        precision, decisions (B, T, A) -> logits (B, K) = fc of the mean feature over the kept
         frames (per-frame dropout in training; a video that skipped every frame gets fc's bias)."""
         b, t, p = features.shape[:3]
         chosen = decisions[:, :, :p]
@@ -385,12 +411,12 @@ class VideoIQ(nn.Module):
         return logits.view(b, t, -1).mean(dim=1)
 
     def forward(self, clip: torch.Tensor, *, sample: bool | None = None) -> VideoIQOutput:
-        """clip (B, T, 3, H, W) -> :class:`VideoIQOutput` (every bit width runs on every frame)."""
+        """clip (B, T, 3, H, W) -> :class:`VideoIQOutput` (every precision runs on every frame)."""
         policy = self.policy(clip, sample=sample)
         frames = clip.flatten(0, 1)
-        feats = []
-        for bits in self.family:
-            feats.append(self.recognizer.frame_features(frames, bits).view(*clip.shape[:2], -1))
-        self.recognizer.set_bit_width(self.family[0])
+        try:
+            feats = [self.precision_features(frames, p).view(*clip.shape[:2], -1) for p in self.precisions]
+        finally:
+            self.recognizer.set_bit_width(self.family[0])
         features = torch.stack(feats, dim=2)
         return VideoIQOutput(self.combine(features, policy.decisions), policy, features)

@@ -139,6 +139,8 @@ class PolicyStep(nn.Module):
             raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got '{loss_type}'")
         self.model, self.loss_type = model, loss_type
         _frozen(model.recognizer)
+        if model.float_branch is not None:
+            _frozen(model.float_branch)
         self.teacher = _frozen(teacher) if teacher is not None else None
         self.weights = {
             "policy_ce": policy_w,
@@ -148,13 +150,15 @@ class PolicyStep(nn.Module):
         }
         self.frozen_train_mode = frozen_train_mode
         self.register_buffer(
-            "codebook", efficiency_codebook(model.family, len(model.skip_list)), persistent=False
+            "codebook", efficiency_codebook(model.precision_bits, len(model.skip_list)), persistent=False
         )
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         video, label = batch["video"], batch["label"]
         frozen_mode = self.training and self.frozen_train_mode
         self.model.recognizer.train(frozen_mode)
+        if self.model.float_branch is not None:
+            self.model.float_branch.train(frozen_mode)
         out = self.model(video)
         terms: dict[str, torch.Tensor] = {}
         if self.loss_type != "KD":
@@ -177,7 +181,8 @@ class PolicyStep(nn.Module):
         loss = sum(self.weights.get(name, 1.0) * value for name, value in terms.items())
         logs = {name: float(value.detach()) for name, value in terms.items()}
         usage = out.policy.decisions.detach().float().mean(dim=(0, 1))
-        names = [f"{b}bit" for b in self.model.family] + [f"skip{s}" for s in self.model.skip_list]
+        names = [f"{p}bit" if p != "float" else p for p in self.model.precisions]
+        names += [f"skip{s}" for s in self.model.skip_list]
         logs.update({f"usage/{n}": float(u) for n, u in zip(names, usage)})
         logs["temperature"] = float(self.model.policy.temperature)
         return loss, logs
