@@ -99,3 +99,37 @@ def test_policy_step_trains_only_the_policy():
     assert model.policy.linear.weight.grad.abs().sum() > 0 and model.policy.rnn.weight_ih.grad is not None
     after = model.recognizer.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # frozen BN statistics did not move
+
+
+def test_any_precision_step_gives_the_original_gradients():
+    # the original's train_ap: per bit width (largest first) CE + KD to the float copy's softmax,
+    # one backward each, gradients accumulated; the float copy runs in train mode inside forward
+    from original_reference import OrigResNetPACTAP, calibrate_bn, randomise
+    from videoiq.conversion import convert_original_state_dict, load_original_checkpoint
+
+    torch.manual_seed(0)
+    family = [32, 4, 2]
+    ref = randomise(OrigResNetPACTAP(18, 2, family, 2.0, True, 3), 0)
+    ref.dropout.p = 0.0
+    batch = _batch()
+    x = batch["video"].flatten(1, 2)
+    calibrate_bn(ref, lambda: [ref(x, b) for b in family])
+    model = AnyPrecisionResNet(arch="resnet18", num_classes=3, bit_width_family=family, dropout=0.0)
+    teacher = FullPrecisionTeacher(arch="resnet18", num_classes=3)
+    load_original_checkpoint(model, ref.state_dict(), teacher=teacher)
+    ref.train()
+    target = None
+    for b in family:
+        out, out_32fp = ref(x, b)
+        target = out_32fp if out_32fp is not None else target
+        loss = classification_loss(out, batch["label"]) + kd_loss(out, target)
+        loss.backward(retain_graph=True)
+    step = AnyPrecisionStep(model.train(), teacher, frozen_train_mode=True).train()
+    step(batch)[0].backward()
+    grads = {k: p.grad for k, p in ref.named_parameters() if p.grad is not None}
+    expect = convert_original_state_dict(grads).model  # the same renaming as the weights
+    ours = {k: p.grad for k, p in model.named_parameters()}
+    assert set(expect) == set(ours)  # every parameter, the clips of every bit width included
+    for k, g in expect.items():
+        torch.testing.assert_close(ours[k], g, rtol=1e-4, atol=1e-6 * max(1.0, g.abs().max().item()), msg=k)
+    assert ours["backbone.layer1.0.quant1.clips.2"].abs().sum() > 0
