@@ -149,3 +149,22 @@ def test_any_precision_network_starts_from_the_float_network():
         net.backbone.conv1.weight, teacher.backbone.conv1.weight
     )
     assert net.backbone.layer1[0].quant1.clips["4"].item() == 2.0
+
+
+def test_temperature_changes_gradients_not_hard_decisions():
+    # hard Gumbel-softmax: the one-hot is argmax(logits + g) whatever the temperature, so the
+    # schedule shapes only the straight-through gradient (and the original's sampled evaluation
+    # draws from softmax(p) at any temperature)
+    policy = _policy()
+    clip = torch.randn(2, 5, 3, 32, 32)
+    grads, decisions = [], []
+    for tau in (5.0, 0.5):
+        policy.temperature.fill_(tau)
+        policy.zero_grad()
+        torch.manual_seed(3)
+        out = policy(clip, sample=True)
+        (out.decisions * torch.arange(4.0)).sum().backward()
+        decisions.append(out.decisions)
+        grads.append(policy.linear.weight.grad.clone())
+    assert torch.equal(decisions[0], decisions[1])
+    assert not torch.allclose(grads[0], grads[1])
