@@ -163,3 +163,17 @@ def test_family_validation():
         check_family([4, 4])
     with pytest.raises(ValueError, match=r"\[2, 32\]"):
         check_family([1])
+
+
+def test_mean_aligned_rescales_to_the_mean_of_the_input():
+    x = torch.tensor([0.1, 0.4, 0.9, 1.6, 2.5])
+    alpha = torch.tensor([2.0])
+    plain = pact(x, alpha, 2)
+    aligned = pact(x, alpha, 2, mean_aligned=True)
+    torch.testing.assert_close(aligned, plain * x.mean() / plain.mean())  # clipped input mean included
+    torch.testing.assert_close(aligned.mean(), x.mean())
+    w = torch.randn(16, 8, 3, 3, generator=torch.Generator().manual_seed(0))
+    u = torch.tanh(w)
+    x01 = u / (2 * u.abs().max()) + 0.5
+    aligned_w = dorefa_weight(w, 2, 32, mean_aligned=True)
+    torch.testing.assert_close(((aligned_w + 1) / 2).mean(), x01.mean())

@@ -73,7 +73,7 @@ class AnyPrecisionBlock(nn.Module):
         self.bottleneck = isinstance(block, Bottleneck)
         n = 3 if self.bottleneck else 2
         for k in range(1, n + 1):
-            setattr(self, f"quant{k}", PACT(family, q_init))
+            setattr(self, f"quant{k}", PACT(family, q_init, mean_aligned=mean_aligned))
             setattr(
                 self,
                 f"conv{k}",
@@ -127,7 +127,8 @@ class AnyPrecisionResNet(_BitWidthMixin, nn.Module):
         bit_width_family: the bit widths, largest first (``(32, 4, 2)``).
         q_init: initial PACT clip, one value or one per bit width.
         dropout: before the classifier (0.5 in the original).
-        mean_aligned: the original's ``--mean_aligned`` weight rescale.
+        mean_aligned: the original's ``--mean_aligned``: quantised weights and activations are
+            rescaled to the mean of their unquantised values.
     """
 
     def __init__(

@@ -97,7 +97,9 @@ def dorefa_weight(
 
 class _PACTSTE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, alpha: torch.Tensor, bits: int, check: bool) -> torch.Tensor:
+    def forward(
+        ctx, x: torch.Tensor, alpha: torch.Tensor, bits: int, check: bool, mean_aligned: bool
+    ) -> torch.Tensor:
         if check and x.device.type != "meta" and bool(x.min() < 0):
             raise ValueError("PACT is single-sided: its input must be non-negative (place it after a ReLU)")
         ctx.save_for_backward(x, alpha)
@@ -110,8 +112,10 @@ class _PACTSTE(torch.autograd.Function):
         out = q / scale
         m = out.mean()
         # the original rescales by mean(before truncation) / mean(after); with no truncation the
-        # two means are equal, but (out * m) / m still rounds, and that rounding is reproduced
-        return torch.where(m != 0, out * m / m, out)
+        # two means are equal, but (out * m) / m still rounds, and that rounding is reproduced.
+        # --mean_aligned rescales to the mean of the unclipped input instead
+        ref = x.mean() if mean_aligned else m
+        return torch.where(m != 0, out * ref / m, out)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -119,14 +123,21 @@ class _PACTSTE(torch.autograd.Function):
         zero = torch.zeros_like(grad)
         grad_x = torch.where((x < 0) | (x > alpha), zero, grad)
         grad_alpha = torch.where(x < alpha, zero, grad).sum().reshape(1).expand_as(alpha)
-        return grad_x, grad_alpha, None, None
+        return grad_x, grad_alpha, None, None, None
 
 
-def pact(x: torch.Tensor, alpha: torch.Tensor, bits: int, *, check_nonnegative: bool = True) -> torch.Tensor:
+def pact(
+    x: torch.Tensor,
+    alpha: torch.Tensor,
+    bits: int,
+    *,
+    check_nonnegative: bool = True,
+    mean_aligned: bool = False,
+) -> torch.Tensor:
     """PACT: clip ``x >= 0`` (any shape) to ``[0, alpha]`` (``alpha`` shape (1,)) and quantise to
     ``2^bits`` levels. ``d/dx`` = 1 on ``[0, alpha]``; ``d/d alpha`` = sum of the incoming gradient
-    where ``x >= alpha``."""
-    return _PACTSTE.apply(x, alpha, bits, check_nonnegative)
+    where ``x >= alpha``. ``mean_aligned`` rescales the output to the mean of ``x``."""
+    return _PACTSTE.apply(x, alpha, bits, check_nonnegative, mean_aligned)
 
 
 class BitSwitchable:
@@ -249,8 +260,11 @@ class PACT(BitSwitchable, nn.Module):
         init: the initial clip, one value for all bit widths or one per bit width (``--q_init``).
     """
 
-    def __init__(self, family: Sequence[int], init: float | Sequence[float] = 2.0) -> None:
+    def __init__(
+        self, family: Sequence[int], init: float | Sequence[float] = 2.0, *, mean_aligned: bool = False
+    ) -> None:
         super().__init__()
+        self.mean_aligned = mean_aligned
         self._init_bits(family)
         inits = (
             [float(init)] * len(self.family) if isinstance(init, int | float) else [float(v) for v in init]
@@ -264,5 +278,9 @@ class PACT(BitSwitchable, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return pact(
-            x, self.clips[str(self.bit_width)], self.bit_width, check_nonnegative=self.check_nonnegative
+            x,
+            self.clips[str(self.bit_width)],
+            self.bit_width,
+            check_nonnegative=self.check_nonnegative,
+            mean_aligned=self.mean_aligned,
         )
