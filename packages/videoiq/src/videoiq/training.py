@@ -118,8 +118,10 @@ class PolicyStep(nn.Module):
 
     ``loss = CE + KD + policy_w CE(policy head) + balanced_w balanced + efficient_w efficiency +
     entropy_w entropy`` (notes §2.4; README weights e.g. efficient_w 0.16, balanced_w 1). KD's
-    target is the float teacher when given, else the largest bit width's prediction on every frame.
-    Decisions are hard Gumbel samples at the policy's temperature (decay it once per epoch).
+    target is the float teacher when given, else the first precision choice's prediction on every
+    frame (the original's ``out_h``). Decisions are hard Gumbel samples at the policy's temperature
+    (decay it once per epoch). The balanced term's target is 1/A over all A actions; the original
+    used 1/(A-1) with ``--use_fp_as_bb`` (it forgot the float choice).
     """
 
     def __init__(
