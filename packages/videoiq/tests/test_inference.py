@@ -7,6 +7,7 @@ from test_conversion import _clip, _module_state, _ours, original_videoiq
 from test_model import ScriptedLinear
 from videoiq.conversion import load_original_checkpoint
 from videoiq.inference import dynamic_inference
+from videoiq.model import VideoIQ
 from videoiq.quant import QConv2d
 
 
@@ -74,3 +75,16 @@ def test_dynamic_inference_agrees_with_running_every_precision():
     torch.testing.assert_close(result.logits, full.logits, atol=1e-3, rtol=0)
     torch.testing.assert_close(result.probs.sum(-1), torch.ones(clip.shape[0]))
     assert {m.bit_width for m in model.modules() if isinstance(m, QConv2d) and len(m.family) == 3} == {32}
+
+
+def test_sampled_decisions_as_the_original_evaluation():
+    torch.manual_seed(0)
+    model = VideoIQ(arch="resnet18", num_classes=3, skip_list=(1,), policy_kwargs={"input_size": 32})
+    clip = torch.randn(2, 4, 3, 32, 32)
+    first = dynamic_inference(model, clip)
+    assert torch.equal(dynamic_inference(model, clip).actions, first.actions)  # argmax by default
+    draws = [dynamic_inference(model, clip, sample=True) for _ in range(4)]
+    assert any(not torch.equal(d.actions, draws[0].actions) for d in draws[1:])  # near-uniform policy
+    for d in draws:
+        assert torch.equal(d.bits, torch.tensor([32, 4, 2, 0])[d.actions])
+        torch.testing.assert_close(d.probs.sum(-1), torch.ones(2))
