@@ -1,0 +1,179 @@
+"""The quantisers against hand-computed values and against the original's operation order."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from original_reference import OrigPACTSTE, orig_dorefa
+from videoiq.quant import (
+    PACT,
+    QConv2d,
+    SwitchableBatchNorm2d,
+    check_family,
+    dorefa_weight,
+    pact,
+    set_bit_width,
+)
+
+
+def _weights_with_tanh(u: list[float]) -> torch.Tensor:
+    return torch.atanh(torch.tensor(u, dtype=torch.float64)).float()
+
+
+def test_truncation_and_mean_rescale_by_hand_max_bits_4():
+    # tanh(w) = u, max|u| = 0.8: x = u / 1.6 + 0.5 = [0, .375, .5625, .8125, 1]
+    w = _weights_with_tanh([-0.8, -0.2, 0.1, 0.5, 0.8])
+    # B = b = 4: round(15 x) = [0, 6, 8, 12, 15] (5.625, 8.4375, 12.1875), no rescale
+    expect4 = torch.tensor([0, 6, 8, 12, 15]) / 15 * 2 - 1
+    torch.testing.assert_close(dorefa_weight(w, 4, 4), expect4, atol=1e-6, rtol=0)
+    # b = 2: floor(q / 4) * 4 = [0, 4, 8, 12, 12], rescaled by mean(q_B) / mean(q_b) = 41 / 36
+    expect2 = torch.tensor([0, 4, 8, 12, 12]) / 15 * (41 / 36) * 2 - 1
+    torch.testing.assert_close(dorefa_weight(w, 2, 4), expect2, atol=1e-6, rtol=0)
+
+
+def test_truncation_from_32_bits_is_floor_of_2_to_the_b():
+    w = _weights_with_tanh([-0.9, -0.3, 0.2, 0.45, 0.7])
+    x = torch.tanh(w.double()) / (2 * 0.9) + 0.5
+    # B = 32: no rounding at 2^32 in float32; 4 bits = floor(16 x) / 16, mean-rescaled to mean(x)
+    lo = torch.floor(16 * x) / 16
+    expect = (lo * x.mean() / lo.mean()) * 2 - 1
+    assert not torch.allclose(lo * 2 - 1, expect, atol=1e-3)  # the rescale matters here
+    torch.testing.assert_close(dorefa_weight(w, 4, 32).double(), expect, atol=2e-6, rtol=0)
+    # the "32-bit" member is tanh-normalised, not the raw weight
+    torch.testing.assert_close(
+        dorefa_weight(w, 32, 32), torch.tanh(w) / torch.tanh(w).abs().max(), atol=2e-7, rtol=0
+    )
+
+
+def test_weight_grid_depends_on_the_family_maximum():
+    w = torch.randn(64, 16, 3, 3, generator=torch.Generator().manual_seed(0))
+    from_4 = dorefa_weight(w, 4, 4)  # round(15 x) / 15: at most 16 levels on the 2/15 grid
+    assert len(torch.unique(from_4)) <= 16
+    torch.testing.assert_close((from_4 + 1) * 7.5, torch.round((from_4 + 1) * 7.5), atol=1e-5, rtol=0)
+    assert not torch.equal(from_4, dorefa_weight(w, 4, 32))
+    assert len(torch.unique(dorefa_weight(w, 2, 4))) <= 4
+
+
+@pytest.mark.parametrize("bits,max_bits", [(32, 32), (4, 32), (2, 32), (4, 4), (2, 4), (8, 8), (3, 8)])
+def test_dorefa_equals_the_original_bit_for_bit(bits, max_bits):
+    g = torch.Generator().manual_seed(bits * 100 + max_bits)
+    for shape in [(32, 16, 3, 3), (8, 3, 7, 7), (64, 64, 1, 1)]:
+        w = torch.randn(*shape, generator=g) * 0.1
+        assert torch.equal(dorefa_weight(w, bits, max_bits), orig_dorefa(w, max_bits, bits))
+
+
+def test_dorefa_gradient_is_straight_through():
+    w = torch.randn(8, 4, 3, 3, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    g = torch.randn(8, 4, 3, 3, generator=torch.Generator().manual_seed(2))
+    (dorefa_weight(w, 2, 32) * g).sum().backward()
+    w2 = w.detach().clone().requires_grad_(True)
+    (torch.tanh(w2) / torch.tanh(w2).abs().max() * g).sum().backward()  # the unrounded map
+    torch.testing.assert_close(w.grad, w2.grad, atol=1e-6, rtol=1e-5)
+
+
+def test_pact_forward_and_backward_by_hand():
+    x = torch.tensor([0.0, 0.3, 1.0, 1.7, 2.0, 2.5, 3.0], requires_grad=True)
+    alpha = torch.tensor([2.0], requires_grad=True)
+    out = pact(x, alpha, 2)
+    # scale = 3 / 2: round([0, .45, 1.5, 2.55, 3, 3, 3]) = [0, 0, 2, 3, 3, 3, 3] (half to even)
+    torch.testing.assert_close(out, torch.tensor([0, 0, 2, 3, 3, 3, 3]) / 1.5, atol=1e-7, rtol=0)
+    grad = torch.arange(1.0, 8.0)
+    out.backward(grad)
+    assert x.grad.tolist() == [1, 2, 3, 4, 5, 0, 0]  # inside [0, alpha], alpha itself included
+    assert alpha.grad.tolist() == [5 + 6 + 7]  # every element >= alpha
+    with pytest.raises(ValueError, match="non-negative"):
+        pact(torch.tensor([-0.1, 1.0]), alpha, 2)
+
+
+@pytest.mark.parametrize("bits", [32, 8, 4, 2])
+def test_pact_equals_the_original_bit_for_bit(bits):
+    g = torch.Generator().manual_seed(bits)
+    for _ in range(20):
+        alpha = torch.empty(1).uniform_(0.3, 7.0, generator=g).requires_grad_(True)
+        x = (torch.randn(4, 8, 5, 5, generator=g).abs() * alpha.detach() * 0.7).requires_grad_(True)
+        gout = torch.randn(4, 8, 5, 5, generator=g)
+        ours = pact(x, alpha, bits)
+        ours.backward(gout)
+        x2, a2 = x.detach().clone().requires_grad_(True), alpha.detach().clone().requires_grad_(True)
+        ref = OrigPACTSTE.apply(x2, a2, bits)
+        ref.backward(gout)
+        assert torch.equal(ours, ref)
+        assert torch.equal(x.grad, x2.grad) and torch.equal(alpha.grad, a2.grad)
+
+
+def test_pact_scale_is_a_reciprocal_times_an_integer_not_a_quotient():
+    # the original's `n / alpha` is reciprocal(alpha) * n in torch; for about a third of the clips
+    # a true quotient differs by an ulp and rounds inputs at level boundaries the other way
+    n = 3
+    alphas = torch.linspace(0.5, 4.0, 200)
+    candidates = alphas[(torch.tensor(float(n)) / alphas) != alphas.reciprocal() * n]
+    assert len(candidates) > 20
+    hits = 0
+    for a in candidates:
+        alpha = a.reshape(1)
+        recip_scale, true_scale = alpha.reciprocal() * n, torch.tensor([float(n)]) / alpha
+        # inputs at and around the rounding boundaries between levels
+        boundary = (torch.arange(0, n) + 0.5) / recip_scale
+        x = (boundary[:, None] * (1 + torch.arange(-3, 4) * 6e-8)).flatten().clamp(0, a.item())
+        hits += int((torch.round(true_scale * x) != torch.round(recip_scale * x)).any())
+        expect = torch.round(recip_scale * x) / recip_scale
+        m = expect.mean()
+        assert torch.equal(pact(x, alpha, 2), expect * m / m)
+        assert torch.equal(pact(x, alpha, 2), OrigPACTSTE.apply(x, alpha, 2))
+    assert hits > 0  # the quotient would have changed some levels
+
+
+def test_switchable_bn_selects_the_active_bit_width():
+    bn = SwitchableBatchNorm2d(3, (32, 4, 2))
+    for i, b in enumerate((32, 4, 2)):
+        bn.bns[str(b)].running_mean.fill_(float(i + 1))
+    bn.eval()
+    x = torch.zeros(2, 3, 4, 4)
+    for i, b in enumerate((32, 4, 2)):
+        set_bit_width(bn, b)
+        torch.testing.assert_close(bn(x), torch.full_like(x, -(i + 1) / (1 + 1e-5) ** 0.5))
+    bn.train()
+    set_bit_width(bn, 4)
+    bn(torch.randn(4, 3, 4, 4))
+    assert [int(bn.bns[str(b)].num_batches_tracked) for b in (32, 4, 2)] == [0, 1, 0]
+    with pytest.raises(ValueError, match="bit width 8 is not in the family"):
+        set_bit_width(bn, 8)
+
+
+def test_pact_module_has_one_clip_per_bit_and_qconv_shares_the_weight():
+    act = PACT((32, 4, 2), init=[4.0, 3.0, 2.0])
+    assert sorted(dict(act.named_parameters())) == ["clips.2", "clips.32", "clips.4"]
+    set_bit_width(act, 2)
+    assert act(torch.tensor([5.0])).item() == 2.0  # clipped by the 2-bit clip
+    conv = torch.nn.Conv2d(4, 6, 3, padding=1, bias=False)
+    q = QConv2d.from_conv(conv, (32, 4))
+    assert q.weight is conv.weight and q.revert().weight is conv.weight
+    set_bit_width(q, 4)
+    x = torch.rand(1, 4, 5, 5)
+    torch.testing.assert_close(
+        q(x), torch.nn.functional.conv2d(x, dorefa_weight(conv.weight, 4, 32), padding=1)
+    )
+
+
+def test_family_validation():
+    assert check_family([32, 4, 2]) == (32, 4, 2)
+    with pytest.raises(ValueError, match="start with its largest"):
+        check_family([4, 32])
+    with pytest.raises(ValueError, match="repeats"):
+        check_family([4, 4])
+    with pytest.raises(ValueError, match=r"\[2, 32\]"):
+        check_family([1])
+
+
+def test_mean_aligned_rescales_to_the_mean_of_the_input():
+    x = torch.tensor([0.1, 0.4, 0.9, 1.6, 2.5])
+    alpha = torch.tensor([2.0])
+    plain = pact(x, alpha, 2)
+    aligned = pact(x, alpha, 2, mean_aligned=True)
+    torch.testing.assert_close(aligned, plain * x.mean() / plain.mean())  # clipped input mean included
+    torch.testing.assert_close(aligned.mean(), x.mean())
+    w = torch.randn(16, 8, 3, 3, generator=torch.Generator().manual_seed(0))
+    u = torch.tanh(w)
+    x01 = u / (2 * u.abs().max()) + 0.5
+    aligned_w = dorefa_weight(w, 2, 32, mean_aligned=True)
+    torch.testing.assert_close(((aligned_w + 1) / 2).mean(), x01.mean())
