@@ -6,13 +6,6 @@ import copy
 
 import pytest
 import torch
-from deltadist.conversion import (
-    load_frame_based_state_dict,
-    load_original_checkpoint,
-    load_original_state_dict,
-)
-from deltadist.delta import convert_to_delta, delta_layers, set_clip_length
-from deltadist.models import get_model
 from original_reference import (
     OriginalDeltaConv,
     convert_original,
@@ -21,6 +14,13 @@ from original_reference import (
     set_original_T,
 )
 
+from deltadist.conversion import (
+    load_frame_based_state_dict,
+    load_original_checkpoint,
+    load_original_state_dict,
+)
+from deltadist.delta import convert_to_delta, delta_layers, set_clip_length
+from deltadist.models import get_model
 from effvid.checkpoint import CheckpointMismatchError
 
 FRAMES = torch.randn(1, 3, 64, 128, generator=torch.Generator().manual_seed(5))

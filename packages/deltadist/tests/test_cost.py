@@ -6,6 +6,8 @@ import json
 
 import pytest
 import torch
+from tiny_model import clips_like, tiny
+
 from deltadist.cost import (
     LayerCosts,
     clip_macs,
@@ -16,8 +18,6 @@ from deltadist.cost import (
 )
 from deltadist.delta import convert_to_delta, delta_layers, deploy, forward_clip, set_clip_length
 from deltadist.models import get_model
-from tiny_model import clips_like, tiny
-
 from effvid.flops import crosscheck, latency_table
 
 # Tiny at 16x16 (hand-computed: Cout * Cin * kernel positions * output positions)

@@ -8,6 +8,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_model import clips_like, tiny
+from torch import nn
+
 from deltadist.delta import (
     DeltaConv,
     DeltaStream,
@@ -21,8 +24,6 @@ from deltadist.delta import (
     student_parameters,
 )
 from deltadist.students import Gate, SeparableConv, spatial_svd, student_rank
-from tiny_model import clips_like, tiny
-from torch import nn
 
 
 def test_student_rank_rules():

@@ -6,10 +6,11 @@ import math
 
 import pytest
 import torch
+from torch import nn
+
 from deltadist.cost import LayerCosts
 from deltadist.delta import convert_to_delta, delta_layers
 from deltadist.losses import DeltaDistillationLoss, OhemCrossEntropy, original_distill_epochs, teacher_deltas
-from torch import nn
 
 
 def test_ohem_keeps_the_hard_pixels():

@@ -6,10 +6,10 @@ import copy
 
 import pytest
 import torch
-from deltadist.delta import convert_to_delta, delta_layers, forward_clip, set_clip_length
-from deltadist.models import get_model, list_models
 from original_reference import ptflops_convention_macs, randomise
 
+from deltadist.delta import convert_to_delta, delta_layers, forward_clip, set_clip_length
+from deltadist.models import get_model, list_models
 from effvid.flops import count_macs, mac_table
 
 

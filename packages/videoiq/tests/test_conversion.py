@@ -7,11 +7,11 @@ import re
 import pytest
 import torch
 from original_reference import OrigResNetPACTAP, OrigResNetVideoIQ, calibrate_bn, randomise
+
+from effvid.checkpoint import CheckpointMismatchError
 from videoiq.conversion import convert_original_state_dict, load_original_checkpoint
 from videoiq.inference import dynamic_inference
 from videoiq.model import AnyPrecisionResNet, FullPrecisionTeacher, VideoIQ
-
-from effvid.checkpoint import CheckpointMismatchError
 
 FAMILY = [32, 4, 2]
 SKIPS = [1, 2]

@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 from test_inference import _converted
+
+from effvid.flops import count_macs, crosscheck, mac_table
+from effvid.models import get_backbone
 from videoiq.cost import (
     PAPER_FIRST_LAST_GFLOPS,
     PAPER_POLICY_GFLOPS,
@@ -16,9 +19,6 @@ from videoiq.cost import (
 )
 from videoiq.inference import dynamic_inference
 from videoiq.model import VideoIQ
-
-from effvid.flops import count_macs, crosscheck, mac_table
-from effvid.models import get_backbone
 
 
 def test_paper_formula_by_hand():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from test_conversion import _clip, _module_state, _ours, original_videoiq
 from test_model import ScriptedLinear
+
 from videoiq.conversion import load_original_checkpoint
 from videoiq.inference import dynamic_inference
 from videoiq.model import VideoIQ

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from original_reference import OrigPACTSTE, orig_dorefa
+
 from videoiq.quant import (
     PACT,
     QConv2d,

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from videoiq.losses import (
     balanced_loss,
     classification_loss,
@@ -105,6 +106,7 @@ def test_any_precision_step_gives_the_original_gradients():
     # the original's train_ap: per bit width (largest first) CE + KD to the float copy's softmax,
     # one backward each, gradients accumulated; the float copy runs in train mode inside forward
     from original_reference import OrigResNetPACTAP, calibrate_bn, randomise
+
     from videoiq.conversion import convert_original_state_dict, load_original_checkpoint
 
     torch.manual_seed(0)

@@ -58,11 +58,13 @@ def register_converter(kind: str, fmt: str) -> Callable[[Converter], Converter]:
 
 
 def _numpy_globals() -> list[Any]:
-    """What the engine's checkpointed RNG states need beyond tensors: numpy arrays and dtypes."""
+    """Beyond tensors: numpy arrays, dtypes and scalars (the engine's checkpointed RNG states;
+    the ``best_top1`` kind of number the originals saved beside their weights)."""
     import numpy as np
 
     core = np._core if hasattr(np, "_core") else np.core  # numpy 2 renamed it
-    return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    dtypes = [type(np.dtype(t)) for t in (np.uint32, np.int64, np.float32, np.float64, np.bool_)]
+    return [core.multiarray._reconstruct, core.multiarray.scalar, np.ndarray, np.dtype, *dtypes]
 
 
 def read_torch_file(

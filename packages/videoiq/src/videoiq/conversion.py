@@ -31,7 +31,8 @@ from dataclasses import dataclass
 
 import torch
 
-from effvid.checkpoint import load_checked, load_state_dict_file
+from effvid.checkpoint import load_checked
+from effvid.model_files import read_state_dict
 from videoiq.model import AnyPrecisionResNet, FullPrecisionTeacher, VideoIQ
 
 __all__ = ["ConvertedState", "convert_original_state_dict", "load_original_checkpoint"]
@@ -215,7 +216,7 @@ def load_original_checkpoint(
     if isinstance(checkpoint, Mapping):
         state, source = checkpoint, ""
     else:
-        state, source = load_state_dict_file(checkpoint), str(checkpoint)
+        state, source = read_state_dict(checkpoint, expected="a VideoIQ checkpoint"), str(checkpoint)
     family = model.family
     converted = convert_original_state_dict(state, bit_width_family=family, source=source)
     want = "videoiq" if isinstance(model, VideoIQ) else "ap"
