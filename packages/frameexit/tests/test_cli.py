@@ -15,6 +15,7 @@ import torch
 import yaml
 from original_reference import OriginalFrameExit, randomise
 
+from effvid.config import ConfigError
 from effvid.data import DataConfig, SyntheticSpec, build_dataset, close_lmdb_envs, generate
 from effvid.reports import read_results
 from frameexit.build import build_model
@@ -251,7 +252,7 @@ def test_activitynet_config_with_original_checkpoint_and_converter(tmp_path):
     ckpt = tmp_path / "activitynet_checkpoint_25gmac.pth"
     torch.save({f"module.{k}": v for k, v in ref.state_dict().items()}, ckpt)
     common = [
-        str(CONFIGS / "activitynet_inference_2d.yml"),
+        str(CONFIGS / "activitynet.yml"),
         "--data.path_frame",
         str(paths["frames"]),
         "--data.path_split",
@@ -305,7 +306,7 @@ def test_activitynet_config_with_original_checkpoint_and_converter(tmp_path):
     assert a == b
     # the original's batch-1 loop on the same preprocessed frames exits at the same step
     cfg_model = build_model(
-        yaml.safe_load((CONFIGS / "activitynet_inference_2d.yml").read_text()) and _anet_model(),
+        yaml.safe_load((CONFIGS / "activitynet.yml").read_text()) and _anet_model(),
         num_frames=10,
     )
     assert cfg_model.first_threshold == 0.99
@@ -328,14 +329,18 @@ def test_activitynet_config_with_original_checkpoint_and_converter(tmp_path):
 def _anet_model():
     from frameexit.config import ModelConfig
 
-    return ModelConfig(**yaml.safe_load((CONFIGS / "activitynet_inference_2d.yml").read_text())["model"])
+    return ModelConfig(**yaml.safe_load((CONFIGS / "activitynet.yml").read_text())["model"])
 
 
 def test_shipped_configs_resolve(capsys):
-    for name in ("activitynet_inference_2d.yml", "minikinetics_inference_2d.yml", "synthetic_train.yml"):
+    for name in ("activitynet", "minikinetics", "synthetic_train"):  # shipped configs, by name
         command = TRAIN if name.startswith("synthetic") else INFER
-        fire.Fire(command, command=[str(CONFIGS / name), "--print_config"])
+        fire.Fire(command, command=[name, "--print_config"])
         assert "path_frame" in capsys.readouterr().out
+    with pytest.raises(
+        ConfigError, match=r"config file not found: activitynett .*shipped: activitynet, minikinetics"
+    ):
+        fire.Fire(INFER, command=["activitynett", "--print_config"])
 
 
 def test_demo_end_to_end_tiny(tmp_path, monkeypatch, capsys):

@@ -47,7 +47,15 @@ from effvid.config import (
 )
 from effvid.io import atomic_write_text
 
-__all__ = ["RESUME_SAFE", "RunDirError", "build_command", "make_run_dir", "run_cli"]
+__all__ = [
+    "RESUME_SAFE",
+    "RunDirError",
+    "build_command",
+    "make_run_dir",
+    "package_configs",
+    "resolve_config",
+    "run_cli",
+]
 
 C = TypeVar("C", bound=RunConfig)
 
@@ -143,6 +151,34 @@ def _claim_run_dir(run_dir: Path, name: str, text: str, *, resumable: bool, fres
         )
 
 
+def shipped_configs(config_dir: Path) -> list[str]:
+    return sorted(p.stem for p in Path(config_dir).glob("*.yml"))
+
+
+def resolve_config(arg: str, config_dir: Path | None) -> str:
+    """A YAML path as given, or the name of a shipped config."""
+    if Path(arg).is_file() or config_dir is None:
+        return arg
+    for candidate in (Path(config_dir) / arg, Path(config_dir) / f"{arg}.yml"):
+        if candidate.is_file():
+            return str(candidate)
+    raise ConfigError(
+        f"config file not found: {arg} (neither a file nor a shipped config; shipped: "
+        f"{', '.join(shipped_configs(config_dir)) or 'none'})"
+    )
+
+
+def package_configs(package: str) -> Path:
+    """Where a method package's shipped configs are: ``<package>/configs`` inside the installed
+    package (wheels include them), or ``packages/<name>/configs`` in a source checkout."""
+    import importlib.resources
+
+    inside = Path(str(importlib.resources.files(package))) / "configs"
+    if inside.is_dir():
+        return inside
+    return Path(str(importlib.resources.files(package))).parents[1] / "configs"
+
+
 def build_command(
     run: Callable[[C, Path], Any],
     schema: type[C],
@@ -151,6 +187,7 @@ def build_command(
     doc: str,
     run_dir: bool = True,
     resumable: bool = False,
+    config_dir: Path | None = None,
 ) -> Callable[..., None]:
     """Wrap ``run(cfg, run_dir)`` as a Fire command ``fn(*config_paths, **overrides)``.
 
@@ -162,6 +199,8 @@ def build_command(
         doc: one paragraph describing the command, shown by ``--help``.
         run_dir: whether the command writes a run directory (tools writing their own outputs: no).
         resumable: a training command whose existing run directory is continued.
+        config_dir: the package's shipped configs: a positional that is not a file is looked up
+            there by name (``frameexit-infer activitynet`` reads ``<config_dir>/activitynet.yml``).
 
     The returned function has ``main(argv=None)``, the console-script entry point.
     """
@@ -170,10 +209,14 @@ def build_command(
     if run_dir and not issubclass(schema, RunConfig):
         raise TypeError(f"{name}: a command writing a run directory needs a schema subclassing RunConfig")
 
-    def command(*config_paths: str, **overrides: Any) -> None:
+    def command(*config_args: str, **overrides: Any) -> None:
         flags = {k: overrides.pop(k) for k in _RESERVED if k in overrides}
+        config_paths = [resolve_config(str(a), config_dir) for a in config_args]
         if flags.get("help"):
             print(f"usage: {name} [CONFIG.yml ...] [--section.key VALUE ...]\n\n{doc}\n")
+            if config_dir is not None:
+                shipped = ", ".join(shipped_configs(config_dir)) or "none"
+                print(f"Shipped configs (give the name instead of a path): {shipped}\n")
             extra = "\n  --fresh  start over: move an existing run in --output_dir aside" if resumable else ""
             print(
                 "Reserved flags:\n  --help  print this text\n  --print_config  print the resolved config and exit"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import ignite.distributed as idist
 
-from effvid.cli import build_command
+from effvid.cli import build_command, package_configs
 from effvid.config import config_to_yaml
 from effvid.data import build_dataset
 from effvid.engine import resolve_device, run_distributed, seed_everything
@@ -21,6 +21,8 @@ from frameexit.evaluation import evaluate_dataset
 from frameexit.training import train_stage1, train_stage2
 
 __all__ = ["CONVERT", "DEMO", "INFER", "SWEEP", "TRAIN"]
+
+CONFIGS = package_configs("frameexit")
 
 
 def _model_for(cfg: InferConfig | TrainConfig):
@@ -150,12 +152,14 @@ INFER = build_command(
     InferConfig,
     name="frameexit-infer",
     doc="Batched early-exit inference: metrics, exit histogram, GMACs, predictions.jsonl.",
+    config_dir=CONFIGS,
 )
 TRAIN = build_command(
     run_train,
     TrainConfig,
     name="frameexit-train",
     doc="Train FrameExit: stage 1 (backbone, MLP, classifiers) or stage 2 (exit gates).",
+    config_dir=CONFIGS,
     resumable=True,
 )
 CONVERT = build_command(
@@ -163,16 +167,19 @@ CONVERT = build_command(
     ConvertConfig,
     name="frameexit-convert",
     doc="Convert an authors' checkpoint (strict) into an effvid model.pt.",
+    config_dir=CONFIGS,
 )
 SWEEP = build_command(
     run_sweep,
     SweepConfig,
     name="frameexit-sweep",
     doc="Accuracy-vs-GMACs trade-off over gate thresholds: table (CSV) and PNG.",
+    config_dir=CONFIGS,
 )
 DEMO = build_command(
     run_demo,
     DemoConfig,
     name="frameexit-demo",
     doc="Synthetic benchmark end to end: train FrameExit and a baseline, compare, plot.",
+    config_dir=CONFIGS,
 )

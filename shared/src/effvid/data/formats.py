@@ -28,11 +28,13 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from effvid.data.errors import DataError
 from effvid.data.storage import FileListStorage
 
 __all__ = [
+    "activitynet_classes",
     "CITYSCAPES_TRAIN_IDS",
     "SegmentationRecord",
     "VideoRecord",
@@ -285,6 +287,35 @@ def read_sports1m_partition(
     return records
 
 
+def _activitynet_database(json_path: str | os.PathLike[str]) -> dict[str, Any]:
+    p = Path(json_path)
+    if not p.is_file():
+        raise DataError(f"ActivityNet annotation file not found: {p}")
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))["database"]
+    except (json.JSONDecodeError, KeyError) as exc:
+        raise DataError(f"{p}: expected ActivityNet JSON with a 'database' object ({exc})") from None
+
+
+def activitynet_classes(json_path: str | os.PathLike[str]) -> list[str]:
+    """The class list in the order FrameExit's (and most ActivityNet) checkpoints use.
+
+    It is the ActivityNet crawler's ``classes.txt`` (antran89/ActivityNet,
+    ``Crawler/generate_activitynet_classes.py``): ``numpy.unique`` of the labels of the *training*
+    subset, i.e. the distinct names sorted by code point - derivable from the official JSON.
+    """
+    database = _activitynet_database(json_path)
+    names = {
+        a["label"]
+        for v in database.values()
+        if v.get("subset") == "training"
+        for a in v.get("annotations", [])
+    }
+    if not names:
+        raise DataError(f"{json_path}: no annotated training video to take the class names from")
+    return sorted(names)
+
+
 def read_activitynet(
     json_path: str | os.PathLike[str],
     classes: Sequence[str],
@@ -295,12 +326,7 @@ def read_activitynet(
     """ActivityNet v1.3: every video of ``subset`` (or the ``keys`` of a split file, ``v_<id>.mp4``)
     with all its annotated labels."""
     p = Path(json_path)
-    if not p.is_file():
-        raise DataError(f"ActivityNet annotation file not found: {p}")
-    try:
-        database = json.loads(p.read_text(encoding="utf-8"))["database"]
-    except (json.JSONDecodeError, KeyError) as exc:
-        raise DataError(f"{p}: expected ActivityNet JSON with a 'database' object ({exc})") from None
+    database = _activitynet_database(p)
     index = _class_index(classes)
     wanted = (
         list(keys)

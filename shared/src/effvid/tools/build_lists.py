@@ -1,7 +1,9 @@
 """``build-lists``: list files from the official annotations.
 
-* ``--format activitynet --annotations activity_net.v1-3.min.json --classes classes.txt``:
-  ``split_<subset>.txt`` (``v_<id>.mp4`` keys, FrameExit's split file) for the subset;
+* ``--format activitynet --annotations activity_net.v1-3.min.json``: ``split_<subset>.txt``
+  (``v_<id>.mp4`` keys, FrameExit's split file) for the subset, and - unless ``--classes`` is
+  given - ``classes.txt``, the class order of the authors' checkpoints (the ActivityNet crawler's
+  list: the training subset's label names, sorted), derived from the JSON;
 * ``--format kinetics --annotations kinetics_val.csv --classes minik_classInd.txt``: the split
   file of the CSV's videos in the class list (Mini-Kinetics when the list has its 200 classes;
   videos of other classes are skipped and counted);
@@ -26,6 +28,7 @@ from effvid.config import MISSING, option
 from effvid.data.errors import DataError
 from effvid.data.formats import (
     VideoRecord,
+    activitynet_classes,
     read_activitynet,
     read_class_list,
     read_fcvid_official,
@@ -51,7 +54,9 @@ class BuildListsConfig:
     )
     out_dir: str = option(MISSING, "where to write the lists")
     classes: str | None = option(
-        None, "class list, one name per line (required for activitynet/kinetics; checks the count otherwise)"
+        None,
+        "class list, one name per line (kinetics: required; activitynet: derived from the JSON and "
+        "written to out_dir/classes.txt when not given; others: checks the count)",
     )
     labels: str | None = option(None, "fcvid: FCVID_Label.txt, the 0/1 label matrix")
     ids: str | None = option(None, "sports1m: keep only these YouTube ids (one URL or id per line)")
@@ -65,7 +70,13 @@ class BuildListsConfig:
 
 def _records(cfg: BuildListsConfig) -> tuple[list[VideoRecord], str]:
     classes = read_class_list(cfg.classes) if cfg.classes else None
-    if cfg.format in ("activitynet", "kinetics") and classes is None:
+    if cfg.format == "activitynet" and classes is None:
+        classes = activitynet_classes(cfg.annotations)
+        atomic_write_text(Path(cfg.out_dir) / "classes.txt", "".join(c + "\n" for c in classes))
+        print(
+            f"build-lists: wrote {Path(cfg.out_dir) / 'classes.txt'} ({len(classes)} classes, the checkpoints' order)"
+        )
+    if cfg.format == "kinetics" and classes is None:
         raise DataError(f"--classes is required for format '{cfg.format}'")
     if cfg.format == "activitynet":
         subset = cfg.subset or "validation"
