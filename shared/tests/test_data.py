@@ -602,3 +602,40 @@ def test_standard_formats_over_every_backend(standard_keys, kind, fmt):
         assert ds[0]["label"].tolist() == [1.0, 1.0, 0.0]
     else:
         assert ds[0]["label"].item() == 2
+
+
+def test_segmentation_frames_and_mask_share_one_transform(tmp_path):
+    """A random crop + flip moves the labels with the pixels; the size check runs after it."""
+    from effvid.data import FileListStorage
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "seq"
+    folder.mkdir()
+    paths = []
+    for i in range(3):
+        frame = rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)
+        frame[:, :30] = 0  # left half black
+        cv2.imwrite(str(folder / f"f{i}.png"), frame)
+        paths.append(folder / f"f{i}.png")
+    mask = np.zeros((40, 60), np.uint8)
+    mask[:, 30:] = 7  # the mask marks the right half
+    cv2.imwrite(str(tmp_path / "m.png"), mask)
+    storage = FileListStorage({"clip": paths})
+    records = [SegmentationRecord("clip", 3, 2, tmp_path / "m.png")]
+    cfg = TransformConfig(resize=40, crop=32, train_crop="random", flip=True, mean=[0, 0, 0], std=[1, 1, 1])
+    ds = SegmentationClipDataset(records, storage, clip_len=2, transform=build_transform(cfg, train=True))
+    for seed in range(6):
+        from effvid.draws import Draw
+
+        item = ds[Draw(0, seed)]
+        video, labels = item["video"], item["mask"]
+        assert video.shape == (2, 3, 32, 32) and labels.shape == (32, 32) and labels.dtype == torch.int64
+        dark = video[-1].sum(0) == 0
+        assert torch.equal(dark, labels == 0)  # still aligned after crop and flip
+    small = tmp_path / "small.png"
+    cv2.imwrite(str(small), mask[:20])
+    bad = SegmentationClipDataset([SegmentationRecord("clip", 3, 2, small)], storage, clip_len=2)
+    with pytest.raises(
+        DataError, match=r"mask \(20, 60\) \(small\.png\) and frames \(40, 60\) differ in size after"
+    ):
+        bad[0]

@@ -101,3 +101,31 @@ def test_unknown_backbone_and_weights_names():
 def test_register_backbone_rejects_duplicates():
     with pytest.raises(ValueError, match="already registered"):
         register_backbone("resnet50")(lambda **kw: None)
+
+
+@pytest.mark.parametrize(
+    ("name", "stages", "last"),
+    [
+        ("resnet18", ["layer1", "layer2", "layer3", "layer4"], (512, 32)),
+        ("tiny_cnn", ["stages.0", "stages.1", "stages.2", "stages.3"], (128, 16)),
+        ("mobilenet_v2", [f"features.{i}" for i in range(19)], (1280, 32)),
+    ],
+)
+def test_stage_interface_is_the_same_for_every_family(name, stages, last):
+    with torch.device("meta"):
+        net = get_backbone(name).eval()
+    info = net.feature_info(64)
+    assert [s.name for s in info] == stages == list(net.stage_names)
+    assert (info[-1].channels, info[-1].reduction) == last
+    maps = net.forward_stages(torch.empty(1, 3, 64, 64, device="meta"))
+    assert list(maps) == stages and maps[stages[-1]].shape == (1, last[0], 64 // last[1], 64 // last[1])
+
+
+def test_builders_pass_keywords_to_torchvision():
+    with torch.device("meta"):
+        dilated = get_backbone("resnet50", replace_stride_with_dilation=[False, False, True])
+        frozen = get_backbone("resnet18", norm_layer=torchvision.ops.FrozenBatchNorm2d)
+    assert dilated.feature_info(64)[-1].reduction == 16  # DC5: the last stage keeps stride 16
+    assert isinstance(frozen.bn1, torchvision.ops.FrozenBatchNorm2d)
+    with pytest.raises(TypeError):
+        get_backbone("resnet18", no_such_option=1)

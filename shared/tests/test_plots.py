@@ -42,3 +42,32 @@ def test_bad_input(tmp_path):
     with pytest.raises(ValueError, match="series 'a' has 1 labels for 2 points"):
         plot_tradeoff([Series("a", [1, 2], [3, 4], labels=["x"])], tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
+
+
+def test_results_rows_round_trip_and_plot_together(tmp_path):
+    from effvid.plots import plot_results
+    from effvid.reports import ResultRow, format_results, read_results, write_results
+
+    rows = [
+        ResultRow("static", "all frames", {"top1": 0.9}, 1.0, 10.0, 50.0),
+        ResultRow("FrameExit", "beta=0.01", {"top1": 0.89}, 0.4, 4.0, 120.0),
+        ResultRow("FrameExit", "beta=0.1", {"top1": 0.8}, 0.2, 2.0, 200.0),
+        ResultRow("VideoIQ", "w=0.1", {"top1": 0.88, "map": 0.9}, 0.5, extra={"gbitops_per_video": 3.2}),
+    ]
+    write_results(tmp_path / "results.json", rows)
+    assert read_results(tmp_path / "results.json") == rows
+    table = format_results(rows, reference=rows[0])
+    assert (
+        "FrameExit, beta=0.01" in table
+        and "40.0%" in table
+        and "(vs ref: share of the GMACs of 'static, all frames')" in table
+    )
+    plot_results(rows, tmp_path / "all.png", metric="top1", title="three methods")
+    assert (tmp_path / "all.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match=r"metric 'top1' = 1\.5 is not a fraction"):
+        ResultRow("x", "", {"top1": 1.5}, 1.0)
+    (tmp_path / "bad.json").write_text(
+        '{"schema": "effvid-results-v1", "rows": [{"method": "x", "color": 1}]}'
+    )
+    with pytest.raises(ValueError, match=r"bad\.json: row 0 has unknown key\(s\) \['color'\]"):
+        read_results(tmp_path / "bad.json")
