@@ -4,6 +4,7 @@ the shipped ActivityNet config with an original-layout checkpoint."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -76,6 +77,62 @@ def trained(tmp_path_factory):
         ],
     )
     return {"root": root, "infos": infos, "cfg": cfg}
+
+
+def test_training_validates_and_keeps_the_best(trained):
+    info = trained["infos"]["lmdb"]
+    out = trained["root"] / "with-val"
+    fire.Fire(
+        TRAIN,
+        command=[
+            str(trained["cfg"]),
+            "--output_dir",
+            str(out),
+            "--engine.epochs",
+            "2",
+            "--engine.eval_every",
+            "1",
+            "--val_list",
+            str(info.val_list),
+            "--engine.progress",
+            "False",
+        ],
+    )
+    scores = [json.loads((out / f"metrics_val_epoch{e}.json").read_text())["hit1"] for e in (1, 2)]
+    (best,) = (out / "best").iterdir()
+    assert best.name == f"best_model_{1 + scores.index(max(scores))}_hit1={max(scores):.4f}.pt"
+    with pytest.raises(ConfigError, match="engine.eval_every needs val_list"):
+        fire.Fire(TRAIN, command=[str(trained["cfg"]), "--engine.eval_every", "1", "--print_config"])
+
+
+def test_rerun_nan_and_changed_settings_through_the_cli(trained, capsys):
+    """A finished run is not retrained; a diverging run fails with no model written."""
+    s1 = trained["root"] / "s1"
+    before = (s1 / "model.pt").stat().st_mtime_ns
+    engine = ["--engine.epochs", "1", "--data.batch_size", "4", "--engine.progress", "False"]
+    TRAIN.main([str(trained["cfg"]), "--output_dir", str(s1), *engine])
+    assert "already holds the finished run" in capsys.readouterr().out
+    assert (s1 / "model.pt").stat().st_mtime_ns == before
+    with pytest.raises(SystemExit) as info:
+        TRAIN.main([str(trained["cfg"]), "--output_dir", str(s1), *engine, "--lr", "0.5"])
+    assert info.value.code == 2 and "lr changed" in capsys.readouterr().err
+    nan_run = trained["root"] / "nan"
+    with pytest.raises(SystemExit) as info:
+        TRAIN.main([str(trained["cfg"]), "--output_dir", str(nan_run), *engine, "--lr", "1e30"])
+    assert info.value.code == 1
+    assert re.search(
+        r"frameexit-train: error: training loss is (nan|inf) at iteration \d+", capsys.readouterr().err
+    )
+    assert not (nan_run / "model.pt").exists()
+    with pytest.raises(SystemExit) as info:  # inference needs weights, said at config load
+        INFER.main([str(trained["cfg"]), "--output_dir", str(trained["root"] / "noweights")])
+    assert info.value.code == 2 and "no weights: give --checkpoint.init" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        INFER.main([str(trained["cfg"]), "--model.first_threshold", "nan", "--random_weights", "true"])
+    assert (
+        info.value.code == 2
+        and "model.first_threshold must be a probability in [0, 1]; got nan" in capsys.readouterr().err
+    )
 
 
 def test_two_stage_training_trains_the_right_parts(trained):

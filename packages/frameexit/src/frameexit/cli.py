@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from pathlib import Path
 
 import ignite.distributed as idist
@@ -71,6 +72,17 @@ def _train_process(local_rank: int, cfg: TrainConfig, run_dir: Path) -> None:
     seed_everything(cfg.engine.seed, deterministic=cfg.engine.deterministic)  # before the model's init
     model = _model_for(cfg)
     dataset = build_dataset(cfg.data, num_classes=cfg.model.num_class, train=True)
+    validate = None
+    if cfg.val_list:
+        val = build_dataset(replace(cfg.data, path_label=cfg.val_list), num_classes=cfg.model.num_class)
+
+        def validate() -> dict:
+            device = next(model.parameters()).device
+            result = evaluate_dataset(
+                model, val, batch_size=cfg.data.batch_size, device=device, progress=False
+            )
+            return {k: result.metrics[k] for k in ("hit1", "map", "mean_frames", "mean_gmacs")}
+
     if cfg.stage == 1:
         trained = train_stage1(
             model,
@@ -81,9 +93,12 @@ def _train_process(local_rank: int, cfg: TrainConfig, run_dir: Path) -> None:
             lr=cfg.lr,
             weight_decay=cfg.weight_decay,
             last_step_only=cfg.all_frames_only,
+            validate=validate,
         )
     else:
-        trained = train_stage2(model, dataset, cfg.data, cfg.engine, run_dir, beta=cfg.beta, lr=cfg.lr)
+        trained = train_stage2(
+            model, dataset, cfg.data, cfg.engine, run_dir, beta=cfg.beta, lr=cfg.lr, validate=validate
+        )
     if not trained:
         print(f"{run_dir} already holds the finished run ({cfg.engine.epochs} epochs); nothing to train")
         return

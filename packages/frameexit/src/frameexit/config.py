@@ -92,10 +92,16 @@ class TrainConfig(RunConfig):
     beta: float = option(1e-3, "stage 2: gate pseudo-label tolerance beta * exp(t/2)")
     lr: float = option(1e-3, "Adam learning rate")
     weight_decay: float = option(0.0, "Adam weight decay")
+    val_list: str | None = option(
+        None,
+        "validation list (data.format, read from data's storage): evaluated every engine.eval_every epochs",
+    )
     engine: EngineConfig = option(doc="engine", default_factory=EngineConfig)
 
     def __post_init__(self) -> None:
         check_choice("stage", self.stage, (1, 2))
+        if self.engine.eval_every and not self.val_list:
+            raise ValueError("engine.eval_every needs val_list (the validation videos)")
         for key in ("beta", "lr", "weight_decay"):
             value = getattr(self, key)
             if not (math.isfinite(value) and value >= 0):

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from effvid.data import DataConfig, VideoClassificationDataset, worker_init_fn
-from effvid.engine import EngineConfig, make_dataloader, run_trainer, setup_trainer
+from effvid.engine import EngineConfig, attach_validation, make_dataloader, run_trainer, setup_trainer
 from frameexit.losses import gate_loss, gate_pseudo_labels, step_cross_entropy, step_losses
 from frameexit.model import FrameExitModel
 
@@ -74,9 +74,13 @@ def fit(
     weight_decay: float = 0.0,
     cosine: bool = True,
     trainable: Callable[[], None] | None = None,
+    validate: Callable[[], dict[str, float]] | None = None,
 ) -> bool:
     """Adam on ``params`` (cosine-annealed per iteration), the core's trainer, ``cfg.epochs``.
-    Returns False when ``run_dir`` already held the finished run (nothing trained)."""
+
+    ``validate() -> metrics`` runs every ``cfg.eval_every`` epochs, and the best model by its
+    ``hit1`` is kept in ``run_dir/best/``. Returns False when ``run_dir`` already held the finished
+    run (nothing trained)."""
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     loader = make_dataloader(
         dataset,
@@ -100,6 +104,11 @@ def fit(
         lr_scheduler=sched,
         trainable=trainable,
     )
+    if validate is not None and cfg.eval_every:
+        model = objective.model  # type: ignore[attr-defined]
+        attach_validation(
+            trainer, validate, run_dir, every=cfg.eval_every, to_save={"model": model}, metric="hit1"
+        )
     return run_trainer(trainer, loader, epochs=cfg.epochs)
 
 
@@ -113,6 +122,7 @@ def train_stage1(
     lr: float,
     weight_decay: float = 0.0,
     last_step_only: bool = False,
+    validate: Callable[[], dict[str, float]] | None = None,
 ) -> bool:
     """Backbone + MLP + every step's classifier (or only the last one: the static baseline)."""
     heads = model.classifiers[-1:] if last_step_only else model.classifiers
@@ -120,7 +130,9 @@ def train_stage1(
         model, [*model.backbone.parameters(), *model.mlp.parameters(), *heads.parameters()]
     )
     objective = StepObjective(model, last_step_only=last_step_only)
-    return fit(objective, params, dataset, data, cfg, run_dir, lr=lr, weight_decay=weight_decay)
+    return fit(
+        objective, params, dataset, data, cfg, run_dir, lr=lr, weight_decay=weight_decay, validate=validate
+    )
 
 
 def train_stage2(
@@ -132,6 +144,7 @@ def train_stage2(
     *,
     beta: float,
     lr: float,
+    validate: Callable[[], dict[str, float]] | None = None,
 ) -> bool:
     """Only the gates of steps 1..T-2 learn (the last step always exits); backbone, MLP and
     classifiers stay frozen, BatchNorm statistics included (eval mode)."""
@@ -143,4 +156,15 @@ def train_stage2(
         objective.eval()
         used.train()
 
-    return fit(objective, params, dataset, data, cfg, run_dir, lr=lr, cosine=False, trainable=trainable)
+    return fit(
+        objective,
+        params,
+        dataset,
+        data,
+        cfg,
+        run_dir,
+        lr=lr,
+        cosine=False,
+        trainable=trainable,
+        validate=validate,
+    )
