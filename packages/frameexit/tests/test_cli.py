@@ -135,6 +135,41 @@ def test_rerun_nan_and_changed_settings_through_the_cli(trained, capsys):
     )
 
 
+def test_nonfinite_scores_fail_and_skipped_videos_are_recorded(trained, tmp_path):
+    info = trained["infos"]["lmdb"]
+    listed = tmp_path / "val_plus_missing.txt"
+    listed.write_text(info.val_list.read_text() + "not_downloaded 12 1\n")
+    out = tmp_path / "skip"
+    INFER.main(
+        [
+            str(trained["cfg"]),
+            "--data.path_label",
+            str(listed),
+            "--data.on_missing",
+            "skip",
+            "--checkpoint.init",
+            str(trained["root"] / "s2" / "model.pt"),
+            "--output_dir",
+            str(out),
+        ]
+    )
+    metrics = json.loads((out / "metrics_eval.json").read_text())
+    assert metrics["skipped_videos"] == {"count": 1, "keys": ["not_downloaded"]}
+    data = _lmdb_val_data(trained, order=[2, 0, 3, 1])
+    data.transform.style, data.transform.resize, data.transform.crop = "standard", 32, 32
+    model = build_model(yaml_model(), num_frames=4)
+    with torch.no_grad():
+        model.mlp[0].bias.fill_(float("nan"))  # every frame feature, every step
+    with pytest.raises(FloatingPointError, match=r"non-finite class scores for \d+ video\(s\), first 'vid_"):
+        evaluate_dataset(
+            model,
+            build_dataset(data, num_classes=4),
+            batch_size=4,
+            device=torch.device("cpu"),
+            progress=False,
+        )
+
+
 def test_two_stage_training_trains_the_right_parts(trained):
     s1 = torch.load(trained["root"] / "s1" / "model.pt", weights_only=True)
     s2 = torch.load(trained["root"] / "s2" / "model.pt", weights_only=True)
