@@ -10,7 +10,6 @@ exactly the samples an uninterrupted run sees. Evaluation samplers yield plain i
 from __future__ import annotations
 
 import contextlib
-import random
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -42,16 +41,16 @@ def split_item(item: int | Draw) -> tuple[int, int | None]:
 
 @contextlib.contextmanager
 def seeded(seed: int | None) -> Iterator[np.random.Generator | None]:
-    """Within the block, torch's and Python's global RNGs start from ``seed`` (and are restored
-    after); yields a NumPy Generator from the same seed. ``None``: no change, yields None."""
+    """Within the block, torch's global CPU generator starts from ``seed`` (and is restored
+    after); yields a NumPy Generator from the same seed. ``None``: no change, yields None.
+
+    Transforms draw from torch's generator (torchvision v2 does; ours too); Python's ``random``
+    is left alone. Only the CPU generator is seeded: ``torch.manual_seed`` would also seed every
+    accelerator, ~20x the cost of the rest, on every sample.
+    """
     if seed is None:
         yield None
         return
-    py_state = random.getstate()
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        random.seed(seed)
-        try:
-            yield np.random.default_rng(seed)
-        finally:
-            random.setstate(py_state)
+        torch.default_generator.manual_seed(seed)
+        yield np.random.default_rng(seed)

@@ -5,14 +5,13 @@ Styles live in the ``TRANSFORMS`` registry; the core registers ``standard``: tor
 random / multi-scale crop, horizontal flip, normalisation. Packages register their own (the
 ``frameexit`` package: the FrameExit original's exact preprocessing).
 
-Random draws come from the global torch/Python RNGs, which a training dataset seeds per sample
+Random draws come from torch's global generator, which a training dataset seeds per sample
 (:func:`effvid.draws.seeded`), so augmentation is reproducible across workers and resumes.
 Segmentation clips go through the same transform as their mask (``tv_tensors.Video`` + ``Mask``).
 """
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -62,9 +61,9 @@ class MultiScaleCrop(torch.nn.Module):
         base = min(h, w)
         sides = [int(base * s) for s in self.scales]
         pairs = [(a, b) for i, a in enumerate(sides) for j, b in enumerate(sides) if abs(i - j) <= 1]
-        ch, cw = random.choice(pairs)
+        ch, cw = pairs[int(torch.randint(len(pairs), ()))]  # torch's RNG: seeded per sample
         spots = [(0, 0), (0, w - cw), (h - ch, 0), (h - ch, w - cw), ((h - ch) // 2, (w - cw) // 2)]
-        top, left = random.choice(spots)
+        top, left = spots[int(torch.randint(len(spots), ()))]
         # one crop for every input (frames and mask alike), then a resize that keeps labels labels
         out = [
             v2.functional.resized_crop(x, top, left, ch, cw, [self.size, self.size], antialias=True)
