@@ -8,6 +8,7 @@ from deltadist.config import CheckpointConfig, ModelConfig
 from deltadist.conversion import KIND, load_frame_based_state_dict, load_original_checkpoint
 from deltadist.delta import convert_to_delta, delta_layers
 from deltadist.models import get_model
+from effvid.config import ConfigError
 from effvid.model_files import load_weights, read_state_dict
 
 __all__ = ["build_model", "build_teacher", "load_checkpoint"]
@@ -23,6 +24,15 @@ def build_model(cfg: ModelConfig, teacher: nn.Module | None = None) -> nn.Module
     """``teacher`` (default: a fresh :func:`build_teacher`) converted in place by the config's rule;
     with ``students`` full / lowrank every layer is forced to that student and its gate frozen."""
     model = build_teacher(cfg) if teacher is None else teacher
+    try:
+        _convert(model, cfg)
+    except ValueError as exc:  # the rule selects nothing, or a layer cannot be converted
+        raise ConfigError(f"model ({cfg.arch}): {exc}") from None
+    force_students(model, cfg.students)
+    return model
+
+
+def _convert(model: nn.Module, cfg: ModelConfig) -> None:
     convert_to_delta(
         model,
         include=cfg.include,
@@ -34,8 +44,6 @@ def build_model(cfg: ModelConfig, teacher: nn.Module | None = None) -> nn.Module
         gate_init=cfg.gate_init,
         bias_mode=cfg.bias_mode,  # type: ignore[arg-type]
     )
-    force_students(model, cfg.students)
-    return model
 
 
 def force_students(model: nn.Module, students: str) -> None:
