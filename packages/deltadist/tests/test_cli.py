@@ -123,7 +123,7 @@ def test_eval_on_a_cityscapes_folder_end_to_end(tmp_path):
     assert (
         list(m["miou_per_distance"]) == ["0", "1"] and m["labelled_frames"] == 2 and m["weights"] == "RANDOM"
     )
-    assert m["frame_shape"] == [3, 24, 24] and not (tmp_path / "o" / "metrics_streaming.json").exists()
+    assert m["frame_shape"] == [3, 24, 32] and not (tmp_path / "o" / "metrics_streaming.json").exists()
 
 
 @pytest.fixture()
@@ -228,9 +228,9 @@ def test_demo_tiny_end_to_end(tmp_path, capsys):
         "frame by frame",
         "all full students (untrained: exact teacher)",
         "all low-rank students",
-        "gated, beta=0.02",
+        "gated, beta=0.1",
         "gated, beta=0.5",
-        "gated, latency-aware, beta=0.5",
+        "gated, latency-aware, beta=0.1",
     ]
     teacher, full, low = rows[:3]
     assert full.metrics["miou"] == pytest.approx(teacher.metrics["miou"])  # exact students

@@ -30,15 +30,22 @@ ARCHS = ("ddrnet23", "ddrnet23_slim", "ddrnet39", "hrnet_w18_small_v2", "tiny_se
 
 
 def cityscapes_data_config() -> DataConfig:
-    """Cityscapes sequences, pairs ending at the labelled frame, full-resolution frames."""
+    """Cityscapes sequences at full resolution (1024x2048): whole frames in evaluation, random
+    512x512 crops in training (the original: random scale 0.5-2 and 512x1024 crops)."""
     return DataConfig(
         format="cityscapes",
         path_frame=MISSING,
         subset="train",
         num_frames=2,
         batch_size=5,
-        transform=TransformConfig(resize=1024, crop=1024, train_crop="random", flip=True),
+        transform=TransformConfig(style="fullframe", resize=1024, crop=512, train_crop="random", flip=True),
     )
+
+
+def cityscapes_val_config() -> DataConfig:
+    data = cityscapes_data_config()
+    data.subset = "val"
+    return data
 
 
 def synthetic_data_config() -> DataConfig:
@@ -155,7 +162,7 @@ class TrainConfig(RunConfig):
 
 @dataclass
 class EvalConfig(RunConfig):
-    data: DataConfig = option(doc="evaluation clips", default_factory=cityscapes_data_config)
+    data: DataConfig = option(doc="evaluation clips", default_factory=cityscapes_val_config)
     model: ModelConfig = option(doc="model", default_factory=ModelConfig)
     checkpoint: CheckpointConfig = option(doc="weights", default_factory=CheckpointConfig)
     engine: RuntimeConfig = option(doc="device and precision", default_factory=RuntimeConfig)
@@ -207,15 +214,15 @@ class DemoConfig(RunConfig):
     width: int = option(12, "tiny_segnet width")
     keyframe_interval: int = option(3, "K of both evaluations")
     teacher: EngineConfig = option(
-        doc="teacher training", default_factory=lambda: EngineConfig(epochs=4, progress=False)
+        doc="teacher training", default_factory=lambda: EngineConfig(epochs=6, progress=False)
     )
     delta: EngineConfig = option(
-        doc="delta-model training", default_factory=lambda: EngineConfig(epochs=2, progress=False)
+        doc="delta-model training", default_factory=lambda: EngineConfig(epochs=3, progress=False)
     )
     teacher_lr: float = option(3e-3, "Adam learning rate of the teacher")
     lr: float = option(2e-4, "Adam learning rate of the teachers inside the delta model")
-    lr_students: float = option(2e-3, "Adam learning rate of the students and gates")
+    lr_students: float = option(5e-3, "Adam learning rate of the students and gates")
     alpha: float = option(0.1, "distillation weight")
-    gate_init: float = option(0.5, "initial gate logit")
-    betas: list[float] = option(doc="two betas of the gated models", default_factory=lambda: [0.02, 0.5])
-    latency_beta: float = option(0.5, "beta of the latency-aware gated model")
+    gate_init: float = option(0.25, "initial gate logit (> 0: every layer starts on its full student)")
+    betas: list[float] = option(doc="two betas of the gated models", default_factory=lambda: [0.1, 0.5])
+    latency_beta: float = option(0.1, "beta of the latency-aware gated model")

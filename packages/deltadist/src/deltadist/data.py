@@ -8,6 +8,8 @@ random keyframe distance, and multi-frame clips with their masks for evaluation.
 * :class:`KeyframePairs`: the original's training pairs ``[labelled - d, labelled]`` with
   ``d ~ U{1..max_distance}`` drawn per sample (clamped at the first frame), one transform draw for
   both frames and the mask.
+* ``data.transform.style fullframe`` (registered here): evaluation on whole frames; the core's
+  ``standard`` style centre-crops a square.
 * :func:`load_clip`: frames ``indices`` of a video and the masks of some of them, transformed
   together, for the evaluations.
 """
@@ -22,8 +24,18 @@ import cv2
 import numpy as np
 import torch
 from torchvision import tv_tensors
+from torchvision.transforms import v2
 
-from effvid.data import FORMATS, DataConfig, DataError, Listing, SegmentationClipDataset, SegmentationRecord
+from effvid.data import (
+    FORMATS,
+    TRANSFORMS,
+    DataConfig,
+    DataError,
+    Listing,
+    SegmentationClipDataset,
+    SegmentationRecord,
+    TransformConfig,
+)
 from effvid.data.formats import read_generic_list
 from effvid.draws import Draw, seeded, split_item
 
@@ -56,6 +68,19 @@ def _synthetic_segmentation(cfg: DataConfig, num_classes: int) -> Listing:
             "data.format synthetic_segmentation needs data.path_label (the generated train/val list)"
         )
     return Listing(read_synthetic_segmentation(cfg.path_label), task="segmentation")
+
+
+@TRANSFORMS.register("fullframe")
+def fullframe_transform(cfg: TransformConfig, train: bool):
+    """Whole frames for evaluation (short side resized to ``resize``, no crop: the original scores
+    full 1024x2048 Cityscapes frames); training adds a random ``crop`` square and the flip."""
+    steps: list = [v2.Resize(cfg.resize, antialias=True)]
+    if train:
+        steps.append(v2.RandomCrop(cfg.crop))
+        if cfg.flip:
+            steps.append(v2.RandomHorizontalFlip())
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(cfg.mean, cfg.std)]
+    return v2.Compose(steps)
 
 
 def _stack(frames: list[np.ndarray], key: str, indices: Sequence[int]) -> torch.Tensor:
