@@ -228,9 +228,9 @@ def test_demo_tiny_end_to_end(tmp_path, capsys):
         "frame by frame",
         "all full students (untrained: exact teacher)",
         "all low-rank students",
-        "gated, beta=0.1",
+        "gated, beta=0.2",
         "gated, beta=0.5",
-        "gated, latency-aware, beta=0.1",
+        "gated, latency-aware, beta=0.2",
     ]
     teacher, full, low = rows[:3]
     assert full.metrics["miou"] == pytest.approx(teacher.metrics["miou"])  # exact students

@@ -224,5 +224,5 @@ class DemoConfig(RunConfig):
     lr_students: float = option(5e-3, "Adam learning rate of the students and gates")
     alpha: float = option(0.1, "distillation weight")
     gate_init: float = option(0.25, "initial gate logit (> 0: every layer starts on its full student)")
-    betas: list[float] = option(doc="two betas of the gated models", default_factory=lambda: [0.1, 0.5])
-    latency_beta: float = option(0.1, "beta of the latency-aware gated model")
+    betas: list[float] = option(doc="two betas of the gated models", default_factory=lambda: [0.2, 0.5])
+    latency_beta: float = option(0.2, "beta of the latency-aware gated model")

@@ -30,12 +30,12 @@ from torch import nn
 
 from deltadist.cost import clip_macs, measure_unit_costs
 from deltadist.data import load_clip
-from deltadist.delta import DeltaStream, forward_clip
+from deltadist.delta import DeltaStream, delta_layers, forward_clip
 from effvid.data import DataError, SegmentationClipDataset
 from effvid.io import atomic_write_json
 from effvid.metrics import MeanIoU
 
-__all__ = ["Evaluation", "evaluate_frames", "evaluate_pairs", "evaluate_streaming"]
+__all__ = ["Evaluation", "evaluate_frames", "evaluate_pairs", "evaluate_streaming", "time_per_frame"]
 
 
 @dataclass
@@ -240,3 +240,27 @@ def evaluate_frames(
         "frame_shape": list(frame_shape),
     }
     return Evaluation("frames", metrics)
+
+
+@torch.no_grad()
+def time_per_frame(
+    model: nn.Module, frames: torch.Tensor, *, keyframe_interval: int = 1, rounds: int = 5
+) -> float:
+    """Milliseconds per frame of streaming ``frames`` ``(L, 3, H, W)`` one at a time (a keyframe every
+    K frames; a model without delta layers runs every frame whole): the best of ``rounds`` passes,
+    which is the least disturbed by other processes on a shared machine."""
+    model = model.eval()
+    has_deltas = bool(delta_layers(model))
+    step = DeltaStream(model, keyframe_interval) if has_deltas else model
+    best = float("inf")
+    for r in range(rounds + 1):  # pass 0 warms up
+        if has_deltas:
+            step.reset()
+        start = time.perf_counter()
+        for t in range(len(frames)):
+            step(frames[t : t + 1])
+        if frames.device.type == "cuda":
+            torch.cuda.synchronize(frames.device)
+        if r:
+            best = min(best, time.perf_counter() - start)
+    return 1000 * best / len(frames)
