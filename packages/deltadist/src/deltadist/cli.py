@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import ignite.distributed as idist
+import torch
 
 from deltadist.build import build_model, load_checkpoint
 from deltadist.config import ConvertConfig, DemoConfig, EvalConfig, TrainConfig
@@ -16,7 +18,7 @@ from deltadist.training import make_task_loss, measure_layer_costs, read_cost_ta
 from effvid.cli import build_command, run_cli
 from effvid.config import config_to_yaml
 from effvid.data import build_dataset
-from effvid.engine import resolve_device, run_distributed, seed_everything
+from effvid.engine import autocast, resolve_device, run_distributed, seed_everything
 from effvid.model_files import save_model
 
 __all__ = ["CONVERT", "DEMO", "EVAL", "TRAIN"]
@@ -33,6 +35,9 @@ def _costs(cfg: TrainConfig, model, dataset, run_dir: Path):
         return read_cost_table(own, model)
     frame_shape = tuple(dataset[0]["video"].shape[1:])
     costs = measure_layer_costs(model, frame_shape, cfg.cost, device=resolve_device(cfg.engine.device))
+    if idist.get_world_size() > 1:  # timings differ between processes: every one uses rank 0's
+        values = idist.broadcast(costs.tensor(idist.device(), torch.float64), src=0)
+        costs = replace(costs, values=tuple(float(v) for v in values.cpu()))
     if idist.get_rank() == 0:
         costs.to_json(own)
     return costs
@@ -100,7 +105,8 @@ def run_eval(cfg: EvalConfig, run_dir: Path) -> None:
     )
     run = {"pairs": evaluate_pairs, "streaming": evaluate_streaming}
     for protocol in cfg.protocols:
-        result = run[protocol](model, dataset, **kwargs)
+        with autocast(kwargs["device"], cfg.engine.amp):
+            result = run[protocol](model, dataset, **kwargs)
         result.metrics["weights"] = (
             "RANDOM" if cfg.random_weights else f"{cfg.checkpoint.init} ({cfg.checkpoint.format})"
         )
