@@ -19,7 +19,7 @@ from deltadist.conversion import KIND, load_original_checkpoint
 from deltadist.cost import layer_costs
 from deltadist.models import get_model
 from effvid.data import SyntheticSpec, generate
-from effvid.model_files import load_weights, read_model_file, save_model
+from effvid.model_files import load_weights, read_model_file, read_state_dict, save_model
 from effvid.reports import read_results
 
 MODEL = {"arch": "tiny_segnet", "width": 4, "num_classes": 4}
@@ -148,6 +148,23 @@ def test_convert_writes_a_model_file_equal_to_the_strict_load(original_checkpoin
     for other in (direct, hook):
         assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), other.state_dict().values()))
     assert list(ours.state_dict()) == list(direct.state_dict())
+
+
+def test_the_registered_converter_sends_deployed_checkpoints_to_deltadist_convert(original_checkpoint):
+    from deltadist.conversion import original_to_effvid
+
+    state = read_state_dict(original_checkpoint)
+    deployed = {k: v for k, v in state.items() if not k.startswith(("model.fuse.0.g_", "model.fuse.0.W."))}
+    deployed["model.fuse.0.W.weight"] = state["model.fuse.0.W.weight"]
+    deployed["model.fuse.0.g_W.weight"] = state["model.fuse.0.g_Wa.weight"]
+    with pytest.raises(
+        ValueError,
+        match="key 'fuse.0.g_W.weight' is of a deployed checkpoint; convert it with deltadist-convert",
+    ):
+        original_to_effvid(deployed)
+    converted = original_to_effvid(state)
+    assert "fuse.0.student_lowrank.horizontal.weight" in converted and "fuse.0.gate.logit" in converted
+    assert not any(".g_" in k or k.startswith("model.") for k in converted)
 
 
 def _error(command, argv, capsys) -> tuple[int, str]:
