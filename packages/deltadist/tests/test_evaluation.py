@@ -11,7 +11,8 @@ from deltadist.build import build_model
 from deltadist.config import ModelConfig
 from deltadist.cost import clip_macs, measure_unit_costs
 from deltadist.data import KeyframePairs, load_clip
-from deltadist.evaluation import evaluate_frames, evaluate_pairs, evaluate_streaming
+from deltadist.delta import copy_teacher_model, forward_clip
+from deltadist.evaluation import evaluate_frames, evaluate_pairs, evaluate_streaming, time_per_frame
 from effvid.data import DataConfig, DataError, SyntheticSpec, TransformConfig, build_dataset, generate
 from effvid.draws import Draw
 from effvid.metrics import MeanIoU
@@ -47,8 +48,6 @@ def test_pairs_protocol_scores_each_distance_and_amortises(tmp_path):
         video, mask = load_clip(dataset, r.key, [18, 19], [r.mask_path])
         assert mask.unique().tolist() == [0, 10, 13, 255]  # road, sky, car, unlabelled
         with torch.no_grad():
-            from deltadist.delta import forward_clip
-
             logits = forward_clip(model, video[None])[:, -1]
         metric.update((F.interpolate(logits, size=mask.shape[-2:], mode="bilinear").argmax(1), mask))
     assert m["miou_per_distance"]["1"] == pytest.approx(metric.compute())
@@ -71,11 +70,15 @@ def test_streaming_equals_the_pair_at_the_labelled_frames_distance(tmp_path):
     key, delta = clip_macs(model, costs, 1), clip_macs(model, costs, 2) - clip_macs(model, costs, 1)
     assert stream["gmacs_per_frame"] == pytest.approx((7 * key + 13 * delta) / 20 / 1e9)
     assert stream["ms_per_frame"] > 0
+    r = dataset.records[0]
+    video = load_clip(dataset, r.key, range(6), [r.mask_path])[0]
+    with torch.no_grad():
+        before = forward_clip(model, video[None])
+        assert time_per_frame(model, video, keyframe_interval=3, rounds=1) > 0  # streams 6 frames, twice
+        assert torch.equal(forward_clip(model, video[None]), before)  # no stream state left behind
     # the teacher alone: every frame through the plain network (K = 1 gives the same mIoU)
     teacher = build_model(ModelConfig(arch="tiny_segnet", num_classes=19, width=4, students="full")).eval()
     one = evaluate_streaming(teacher, dataset, num_classes=19, keyframe_interval=1).metrics
-    from deltadist.delta import copy_teacher_model
-
     plain = evaluate_frames(copy_teacher_model(teacher), dataset, num_classes=19).metrics
     assert plain["miou"] == pytest.approx(one["miou"]) and plain["gmacs_per_frame"] == pytest.approx(
         one["gmacs_per_frame"]
