@@ -31,7 +31,7 @@ from effvid.data import SyntheticSpec, build_dataset, generate
 from effvid.engine import resolve_device, seed_everything
 from effvid.io import atomic_write_json, atomic_write_text
 from effvid.model_files import save_model
-from effvid.plots import plot_results
+from effvid.plots import Point, plot_tradeoff
 from effvid.reports import ResultRow, write_results
 
 __all__ = ["run_demo"]
@@ -238,11 +238,17 @@ def run_demo(cfg: DemoConfig, run_dir: Path) -> None:
     print("\n" + table + "\n" + notes + "\n" + verdict)
     atomic_write_text(run_dir / "results.txt", f"{table}\n{notes}\n{verdict}\n")
     write_results(run_dir / "results.json", rows)
-    plot_results(
-        rows,
+    plot_tradeoff(
+        [],
         run_dir / "tradeoff.png",
-        metric="miou",
-        title="Delta Distillation on the synthetic benchmark (GMACs per frame)",
+        baselines=[
+            Point(r.label.removeprefix(f"{METHOD}, "), r.gmacs_per_video, 100 * r.metrics["miou"])
+            for r in rows
+        ],
+        title="Delta Distillation, synthetic benchmark",
+        xlabel="GMACs per frame",
+        ylabel="mIoU (%), pair protocol",
+        size=(8.0, 5.0),
     )
     total = time.perf_counter() - clock.start
     atomic_write_json(run_dir / "timing.json", {"seconds": total, "stages": clock.stages})
