@@ -65,7 +65,7 @@ def test_ddrnet23_slim_layout_matches_the_reference():
 
 
 def test_registry_and_other_variants_on_meta():
-    assert list_models() == ["ddrnet23", "ddrnet23_slim", "ddrnet39", "hrnet_w18_small_v2"]
+    assert list_models() == ["ddrnet23", "ddrnet23_slim", "ddrnet39", "hrnet_w18_small_v2", "tiny_segnet"]
     with torch.device("meta"):
         d23, d39 = get_model("ddrnet23"), get_model("ddrnet39", aux_head=True)
     assert sum(p.numel() for p in d23.parameters()) == 20_148_947
@@ -192,3 +192,12 @@ def test_hrnet_w18_small_v2_layout_and_delta_layers():
     assert len(names) == 144 and names[0] == "conv2" and names[-1] == "last_layer.0"
     with torch.no_grad():
         assert net.eval()(torch.randn(1, 3, 64, 128)).shape == (1, 19, 16, 32)
+
+
+def test_tiny_segnet_shapes_and_conversion():
+    net = get_model("tiny_segnet", num_classes=6, width=8).eval()
+    assert net(torch.randn(2, 3, 32, 48)).shape == (2, 6, 16, 24)
+    names = convert_to_delta(net)
+    assert names == ["high.0", "down.0", "context.0.0", "context.1.0", "fuse.0"]
+    with pytest.raises(ValueError, match="width must be >= 4"):
+        get_model("tiny_segnet", width=2)

@@ -5,9 +5,11 @@ chosen convolution, a cheap student on the change of that layer's input since th
 adds it to the keyframe's output.
 
 Modules: ``delta`` (the delta layer, model conversion, clip and streaming execution, deploy),
-``students`` (rank rules, SVD initialisation, the gate), ``models`` (DDRNet, HRNet), ``conversion``
-(the authors' checkpoints), ``cost`` (per-layer costs, MACs of what runs), ``losses`` (the training
-objective).
+``students`` (rank rules, SVD initialisation, the gate), ``models`` (DDRNet, HRNet, a tiny CNN),
+``conversion`` (the authors' checkpoints), ``cost`` (per-layer costs, MACs of what runs),
+``losses`` (the training objective), ``data`` (the synthetic-segmentation format, training pairs),
+``config`` / ``build`` (command schemas, the model from its config), ``training`` (on the core's
+engine), ``evaluation`` (the pair protocol and streaming), ``cli`` / ``demo`` (the commands).
 """
 
 from deltadist.delta import DeltaConv, DeltaStream, convert_to_delta, deploy, forward_clip, revert_to_teacher

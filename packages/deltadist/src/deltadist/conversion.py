@@ -31,13 +31,17 @@ from torch import nn
 
 from deltadist.delta import DeltaConv, delta_layers
 from effvid.checkpoint import CheckpointMismatchError, load_checked
-from effvid.model_files import read_state_dict
+from effvid.model_files import read_state_dict, register_converter
+
+KIND = "deltadist"
 
 __all__ = [
+    "KIND",
     "convert_original_state_dict",
     "load_frame_based_state_dict",
     "load_original_checkpoint",
     "load_original_state_dict",
+    "original_to_effvid",
 ]
 
 _RENAMES = [
@@ -207,3 +211,34 @@ def load_frame_based_state_dict(
     for layer in layers.values():
         if not layer.deployed:
             layer.init_students()
+
+
+_LAYER_KEY = re.compile(
+    r"^(?P<layer>.+?)\.(?P<rest>(?:W|g_Wa|g_Wb\.[01]|g_W(?:\.[01])?)\.(?:weight|bias)|g_gate\.bias)$"
+)
+
+
+@register_converter(KIND, "original")
+def original_to_effvid(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The core's converter hook (``load_weights(..., fmt="original")``): a delta-distilled state
+    dict in the training layout renamed without a model (the layers are found by their keys).
+    The deployed layout needs the model deployed first: :func:`load_original_checkpoint` does it."""
+    stripped = _strip_wrapper(state)
+    matches = {k: _LAYER_KEY.match(k) for k in stripped}
+    with_students = {m["layer"] for m in matches.values() if m and m["rest"].startswith("g_Wa.")}
+    out = {}
+    for key, value in stripped.items():
+        m = matches[key]
+        if m is None:
+            out[key] = value
+            continue
+        layer, rest = m["layer"], m["rest"]
+        if rest.startswith("g_W."):
+            if layer in with_students:
+                continue  # the alias of one student, registered by the original's first .eval()
+            raise ValueError(
+                f"key '{key}' is of a deployed checkpoint; convert it with deltadist-convert "
+                "(load_original_checkpoint deploys the model to the checkpoint's students first)"
+            )
+        out[f"{layer}.{_rename(rest, _RENAMES)}"] = value
+    return out

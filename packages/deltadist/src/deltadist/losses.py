@@ -29,7 +29,13 @@ from torch import nn
 from deltadist.cost import LayerCosts, gate_cost
 from deltadist.delta import delta_layers, set_clip_length
 
-__all__ = ["DeltaDistillationLoss", "OhemCrossEntropy", "original_distill_epochs", "teacher_deltas"]
+__all__ = [
+    "CrossEntropy2d",
+    "DeltaDistillationLoss",
+    "OhemCrossEntropy",
+    "original_distill_epochs",
+    "teacher_deltas",
+]
 
 
 class OhemCrossEntropy(nn.Module):
@@ -74,6 +80,21 @@ class OhemCrossEntropy(nn.Module):
         threshold = max(float(prob[min(self.min_kept, prob.numel() - 1)]), self.threshold)
         kept = pixel[valid][order][prob < threshold]
         return kept.mean() if kept.numel() else logits.sum() * 0.0
+
+
+class CrossEntropy2d(nn.Module):
+    """Mean per-pixel cross-entropy, logits ``(B, K, h, w)`` upsampled bilinearly to labels ``(B, H, W)``."""
+
+    def __init__(self, *, ignore_index: int = 255) -> None:
+        super().__init__()
+        self.ignore_index = ignore_index
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if logits.shape[-2:] != labels.shape[-2:]:
+            logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+        if not bool((labels != self.ignore_index).any()):
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits, labels, ignore_index=self.ignore_index)
 
 
 def original_distill_epochs(num_epochs: int) -> int:
@@ -132,6 +153,7 @@ class DeltaDistillationLoss(nn.Module):
         self.model, self.task_loss, self.costs = model, task_loss, costs
         self.alpha, self.beta, self.distill_epochs = alpha, beta, distill_epochs
         self.epoch = 0
+        self.distill_active = True  # switched off by deltadist.training.attach_distill_switch
         self.register_buffer("distill_scale", torch.tensor(0.0))  # 0 = not yet fixed
 
     def set_epoch(self, epoch: int) -> None:
@@ -140,7 +162,7 @@ class DeltaDistillationLoss(nn.Module):
     @property
     def current_alpha(self) -> float:
         on = self.distill_epochs is None or self.epoch < self.distill_epochs
-        return self.alpha if on else 0.0
+        return self.alpha if on and self.distill_active else 0.0
 
     def forward(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         clips, labels = batch

@@ -12,14 +12,16 @@ from torch import nn
 
 from deltadist.models.ddrnet import DualResNet, ddrnet23, ddrnet23_slim, ddrnet39
 from deltadist.models.hrnet import HighResolutionNet, hrnet_w18_small_v2
+from deltadist.models.tiny import TinySegNet, tiny_segnet
 
-__all__ = ["DualResNet", "HighResolutionNet", "get_model", "list_models"]
+__all__ = ["DualResNet", "HighResolutionNet", "TinySegNet", "get_model", "list_models"]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {
     "ddrnet23_slim": ddrnet23_slim,
     "ddrnet23": ddrnet23,
     "ddrnet39": ddrnet39,
     "hrnet_w18_small_v2": hrnet_w18_small_v2,
+    "tiny_segnet": tiny_segnet,
 }
 
 
