@@ -355,6 +355,8 @@ def test_activitynet_config_with_original_checkpoint_and_converter(tmp_path):
         str(paths["classes"]),
         "--data.num_workers",
         "0",
+        "--data.frame_pattern",
+        "*.jpeg",  # these folders also hold a thumbnail.jpg, which is not a frame
     ]
     fire.Fire(
         INFER,
