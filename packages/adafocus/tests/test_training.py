@@ -9,7 +9,7 @@ from original_reference import calibrate_batchnorm, center_actor, randomise
 from test_model import tiny
 
 from adafocus.crop import crop_patches
-from adafocus.training import BackbonePretrainStep, ClassifierStep, PolicyStep, WarmUpStep, step_cross_entropy
+from adafocus.steps import BackbonePretrainStep, ClassifierStep, PolicyStep, WarmUpStep, step_cross_entropy
 
 
 @pytest.fixture()
@@ -39,11 +39,12 @@ def test_step_cross_entropy_averages_every_step():
 
 def test_stage0_trains_one_backbone_on_averaged_frame_logits(setup):
     model, batch = setup
-    step = BackbonePretrainStep(model, "focus").eval()
-    loss, _ = step(batch)
-    frames = F.interpolate(batch["video"].flatten(0, 1), size=(32, 32))
-    logits = model.focus(frames).view(3, 4, -1).mean(1)
-    torch.testing.assert_close(loss, F.cross_entropy(logits, batch["label"]))
+    frames = batch["video"].flatten(0, 1)  # 40 x 40: the focus sees them whole, the glance at 32
+    for which, inputs in (("focus", frames), ("glance", F.interpolate(frames, size=(32, 32)))):
+        loss, _ = BackbonePretrainStep(model, which).eval()(batch)
+        logits = getattr(model, which)(inputs).view(3, 4, -1).mean(1)
+        torch.testing.assert_close(loss, F.cross_entropy(logits, batch["label"]))
+    step = BackbonePretrainStep(model, "focus")
     step.train()
     assert model.focus.training and not model.glance.training and not model.classifier.training
     step(batch)[0].backward()

@@ -5,13 +5,15 @@
 =====  ==========================================  ==============================================
 stage  trains                                      how
 =====  ==========================================  ==============================================
-0      one backbone and its head (glance or focus)  per-frame logits on the glance-size frames,
-                                                    averaged over T, cross-entropy
+0      one backbone and its head (glance or focus)  per-frame logits (the glance at its size, the
+                                                    focus on full frames), averaged over T, CE
 1      focus + classifier                           random patches (independent per frame), the
                                                     glance frozen (eval, no grad); CE at every step
 2      policy                                       PPO on the reward p_y(policy patch) -
                                                     p_y(random patch), everything else frozen
-3      classifier                                   argmax positions, glance/focus/policy frozen;
+2 (V2) policy                                       AdaFocusV2-style: the classifier's CE through a
+                                                    differentiable crop, everything else frozen
+3      classifier (optionally focus)                argmax positions, glance/policy frozen;
                                                     CE at every step (dropout active)
 =====  ==========================================  ==============================================
 
@@ -25,11 +27,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adafocus.crop import random_top_left
+from adafocus.crop import crop_patches_differentiable, grid_positions, random_top_left
 from adafocus.model import AdaFocus
 from adafocus.policy import Rollout, discounted_returns, ppo_loss
 
-__all__ = ["BackbonePretrainStep", "ClassifierStep", "PolicyStep", "WarmUpStep", "step_cross_entropy"]
+__all__ = [
+    "BackbonePretrainStep",
+    "ClassifierStep",
+    "DifferentiablePolicyStep",
+    "PolicyStep",
+    "WarmUpStep",
+    "step_cross_entropy",
+]
 
 
 def step_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -62,8 +71,10 @@ class _Stage(nn.Module):
 class BackbonePretrainStep(_Stage):
     """Stage 0: ``which`` = ``"glance"`` or ``"focus"``; its head classifies every frame.
 
-    As the original, both see the frames at the glance size, and the glance's head has a
-    dropout of 0.2 in front.
+    The glance sees frames resized to the glance size, as it will in the later stages; the focus
+    network sees the full-resolution frames its patches will be cut from. (The original trains
+    both on the full 224-px frames, which is also its glance size, so the two agree there.) As
+    the original, the glance's head has a dropout of 0.2 in front.
     """
 
     def __init__(self, model: AdaFocus, which: str = "glance") -> None:
@@ -84,7 +95,10 @@ class BackbonePretrainStep(_Stage):
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         video, labels = batch["video"], batch["label"]
         b, t = video.shape[:2]
-        features = self.backbone.forward_features(self.model.glance_input(video.flatten(0, 1)))
+        frames = video.flatten(0, 1)
+        if self.which == "glance":
+            frames = self.model.glance_input(frames)
+        features = self.backbone.forward_features(frames)
         logits = self.backbone.forward_head(self.dropout(features)).view(b, t, -1).mean(1)
         loss = F.cross_entropy(logits, labels)
         return loss, {"acc": float((logits.argmax(1) == labels).float().mean())}
@@ -186,18 +200,93 @@ class PolicyStep(_Stage):
         return loss, {**logs, **ppo_logs}
 
 
-class ClassifierStep(_Stage):
-    """Stage 3: the classifier alone on the policy's argmax patches (the released code freezes
-    the focus network here, although the paper says it is fine-tuned too)."""
+class DifferentiablePolicyStep(_Stage):
+    """Stage 2, AdaFocusV2-style: the policy learns from the classifier's cross-entropy through a
+    differentiable crop (``affine_grid`` + ``grid_sample``) instead of by reinforcement.
+
+    The policy keeps its categorical grid, so inference (argmax, hard crop) is unchanged. Each
+    frame's position is ``a = sum_k y_k g_k`` over the grid points ``g_k``, where ``y`` is
+
+    * ``straight_through`` (default): a sampled one-hot in the forward pass (the patch sits on a
+      grid point, as at inference) with the gradient of the probabilities in the backward pass;
+    * ``expected``: the probabilities themselves (the patch sits at the expected position).
+
+    Glance, focus and classifier are frozen (eval mode, no parameter gradients); gradients reach
+    the policy through the focus network's input. The loss is the mean CE over all steps.
+    """
+
+    def __init__(
+        self,
+        model: AdaFocus,
+        *,
+        estimator: str = "straight_through",
+        generator: torch.Generator | None = None,
+    ) -> None:
+        if estimator not in ("straight_through", "expected"):
+            raise ValueError(f"estimator must be 'straight_through' or 'expected', got {estimator!r}")
+        super().__init__(model)
+        self.estimator, self.generator = estimator, generator
 
     def _trained(self) -> tuple[nn.Module, ...]:
+        return (self.model.policy,)
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        video, labels = batch["video"], batch["label"]
+        b, t, _, h, w = video.shape
+        m = self.model
+        frames = video.flatten(0, 1)
+        with torch.no_grad():
+            maps, pooled = m.glance_frames(frames)
+        maps = maps.view(b, t, *maps.shape[1:])
+        hidden, step_logits = None, []
+        for step in range(t):
+            logits, hidden = m.policy.step(maps[:, step], hidden)
+            step_logits.append(logits)
+        probs = torch.softmax(torch.stack(step_logits, 1), dim=2)  # (B, T, n*n)
+        if self.estimator == "straight_through":
+            drawn = torch.multinomial(probs.detach().flatten(0, 1), 1, generator=self.generator)
+            hard = F.one_hot(drawn[:, 0], probs.shape[-1]).view_as(probs).to(probs.dtype)
+            weights = hard - probs.detach() + probs
+        else:
+            weights = probs
+        positions = weights @ grid_positions(m.grid, device=video.device).to(probs.dtype)  # (B, T, 2)
+        span = torch.tensor([h - m.patch_size, w - m.patch_size], dtype=probs.dtype, device=video.device)
+        patches = crop_patches_differentiable(frames, (positions * span).flatten(0, 1), m.patch_size)
+        local = m.focus.forward_features(patches)
+        logits, _ = m.classifier(torch.cat([pooled, local], 1).view(b, t, -1))
+        loss = step_cross_entropy(logits, labels)
+        entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(-1).mean()
+        return loss, {
+            "acc_last": float((logits[:, -1].argmax(1) == labels).float().mean()),
+            "entropy": float(entropy.detach()),
+        }
+
+
+class ClassifierStep(_Stage):
+    """Stage 3: the classifier on the policy's argmax patches; with ``train_focus`` the focus
+    network too (the paper fine-tunes both; the released code only the classifier)."""
+
+    def __init__(self, model: AdaFocus, *, train_focus: bool = False) -> None:
+        super().__init__(model)
+        self.train_focus = train_focus
+
+    def _trained(self) -> tuple[nn.Module, ...]:
+        if self.train_focus:
+            return (self.model.focus, self.model.classifier)
         return (self.model.classifier,)
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         video, labels = batch["video"], batch["label"]
+        b, t = video.shape[:2]
         m = self.model
+        frames = video.flatten(0, 1)
         with torch.no_grad():
-            features = m(video, sample=False).features
+            maps, pooled = m.glance_frames(frames)
+            actions, _ = m.choose(maps.view(b, t, *maps.shape[1:]), sample=False)
+            corners = m.actions_to_top_left(actions, tuple(video.shape[-2:])).flatten(0, 1)
+        with torch.set_grad_enabled(self.train_focus and torch.is_grad_enabled()):
+            local = m.focus_patches(frames, corners)
+        features = torch.cat([pooled, local], 1).view(b, t, -1)
         logits, _ = m.classifier(features)
         loss = step_cross_entropy(logits, labels)
         return loss, {"acc_last": float((logits[:, -1].argmax(1) == labels).float().mean())}
