@@ -84,7 +84,7 @@ def _build(backbone: str | nn.Module, num_classes: int | None, kwargs: dict | No
 
 def _map_shape(backbone: nn.Module, size: int) -> tuple[int, int, int]:
     """(C, h, w) of the backbone's last map at size x size, on the meta device (nothing computed)."""
-    meta = copy.deepcopy(backbone).to("meta")
+    meta = copy.deepcopy(backbone).to("meta").eval()  # eval: BatchNorm takes a 1x1 map
     with torch.no_grad():
         out = meta.forward_feature_maps(torch.empty(1, 3, size, size, device="meta"))
     return tuple(out.shape[1:])
