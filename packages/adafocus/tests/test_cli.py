@@ -11,11 +11,13 @@ import pytest
 import torch
 import yaml
 
-from adafocus.cli import SHOW, TEST, TRAIN
-from effvid.config import ConfigError
-from effvid.data import SyntheticSpec, generate
+from adafocus.cli import CONVERT, DEMO, SHOW, TEST, TRAIN
+from adafocus.config import EvalConfig
+from effvid.config import ConfigError, load_config
+from effvid.data import SyntheticSpec, build_dataset, generate
 from effvid.engine import read_training_checkpoint
 from effvid.model_files import ModelFileError
+from effvid.reports import read_results
 
 SPEC = {"num_classes": 4, "num_videos": 16, "num_frames": 8, "size": 48}
 MODEL = {
@@ -257,3 +259,107 @@ def test_show_draws_the_patches(chain, tmp_path, capsys):
                 str(tmp_path / "x"),
             ],
         )
+
+
+def test_authors_checkpoint_through_the_registered_converter(tmp_path):
+    """adafocus-test on the authors' file (--checkpoint.format original) and on its adafocus-convert
+    output give the same predictions, and the original's own evaluation picks the same patches."""
+    from original_reference import OriginalGFV, randomise
+    from test_conversion import SMALL, _checkpoint
+
+    ref = randomise(OriginalGFV(focus_arch="resnet50", **SMALL), 0).eval()
+    ref.focuser.policy.policy_old.load_state_dict(ref.focuser.policy.policy.state_dict())
+    ckpt = tmp_path / "128s3_checkpoint.pth.tar"
+    torch.save(_checkpoint(ref), ckpt)
+    info = generate(tmp_path / "data", SyntheticSpec(storage="frames", num_classes=6, num_videos=12, size=64))
+    model = {"num_class": 6, "glance": "mobilenet_v2", "focus": "resnet50", "patch_size": 32, "grid": 7}
+    model.update(glance_size=64, policy_hidden=32, classifier_hidden=24)
+    cfg = write_config(tmp_path / "orig.yml", info, "frames", **model)
+    cfg_text = yaml.safe_load(cfg.read_text())
+    for key in ("glance_width", "focus_width"):
+        del cfg_text["model"][key]
+    cfg_text["data"]["transform"].update(resize=64, crop=64)
+    cfg.write_text(yaml.safe_dump(cfg_text))
+    common = [str(cfg), "--data.path_label", str(info.val_list), "--engine.progress", "False"]
+    fire.Fire(TEST, command=[*common, "--checkpoint.init", str(ckpt), "--checkpoint.format", "original",
+                             "--output_dir", str(tmp_path / "orig")])  # fmt: skip
+    fire.Fire(CONVERT, command=[str(cfg), "--src", str(ckpt), "--dst", str(tmp_path / "model.pt"),
+                                "--output_dir", str(tmp_path / "c")])  # fmt: skip
+    assert _load(tmp_path / "model.pt")["format"] == "effvid-adafocus-v1"
+    fire.Fire(
+        TEST,
+        command=[
+            *common,
+            "--checkpoint.init",
+            str(tmp_path / "model.pt"),
+            "--output_dir",
+            str(tmp_path / "ours"),
+        ],
+    )
+    a = (tmp_path / "orig" / "predictions.jsonl").read_text().splitlines()
+    b = (tmp_path / "ours" / "predictions.jsonl").read_text().splitlines()
+    assert a == b and len(a) == 6
+
+    data = load_config(
+        EvalConfig, [str(cfg)], {"data.path_label": str(info.val_list), "random_weights": True}
+    ).data
+    dataset = build_dataset(data, num_classes=6)
+    for i, line in enumerate(a):
+        row = json.loads(line)
+        logits, actions = ref.evaluate(dataset[i]["video"].flatten(0, 1)[None])
+        assert row["actions"] == actions[0].tolist()
+        expected = torch.softmax(logits[0, -1], 0)
+        assert torch.allclose(torch.tensor(row["probs"]), expected, atol=1e-4)
+    # a stage-1 file of theirs (random patches) has no policy: converted as adafocus-stage1
+    no_policy = _checkpoint(ref)
+    no_policy["policy"] = None
+    for entry in ("model_state_dict", "focuser"):
+        no_policy[entry] = {k: v for k, v in no_policy[entry].items() if "policy." not in k}
+    torch.save(no_policy, tmp_path / "128checkpoint.pth.tar")
+    convert = [str(cfg), "--src", str(tmp_path / "128checkpoint.pth.tar"), "--dst", str(tmp_path / "s1.pt")]
+    with pytest.raises(Exception, match=r"11 missing"):
+        fire.Fire(CONVERT, command=[*convert, "--output_dir", str(tmp_path / "c3")])
+    fire.Fire(CONVERT, command=[*convert, "--stage", "1", "--output_dir", str(tmp_path / "c1")])
+    assert _load(tmp_path / "s1.pt")["format"] == "effvid-adafocus-stage1-v1"
+
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def test_shipped_configs_resolve(capsys):
+    for name, command in (
+        ("activitynet.yml", TRAIN),
+        ("synthetic_train.yml", TRAIN),
+        ("synthetic.yml", DEMO),
+    ):
+        fire.Fire(command, command=[str(CONFIGS / name), "--print_config"])
+        assert "patch_size" in capsys.readouterr().out
+    fire.Fire(TEST, command=[str(CONFIGS / "activitynet.yml"), "--random_weights", "true", "--print_config"])
+    assert "patch_size: 128" in capsys.readouterr().out
+
+
+def test_demo_end_to_end_tiny(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    fast = []
+    for stage in ("stage0", "stage1", "stage2", "stage3"):
+        fast += [f"--{stage}.epochs", "1", f"--{stage}.progress", "False"]
+    model = {"glance_width": 4, "focus_width": 4, "patch_size": 16, "grid": 3, "glance_size": 32}
+    model.update(policy_hidden=12, classifier_hidden=10)
+    options = [f"--model.{k}={v}" for k, v in model.items()]
+    fire.Fire(
+        DEMO,
+        command=["--root", "synth", "--num_videos", "24", "--size", "48", "--data.num_frames", "4",
+                 "--data.batch_size", "8", "--exit_thresholds", "[0.5]", *options, *fast, "--output_dir", "run"],
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    for text in ("full frame", "glance alone", "AdaFocus, random patches", "AdaFocus, policy by PPO",
+                 "AdaFocus, policy by differentiable crop", "AdaFocus+, PPO policy, exit at p>=0.5",
+                 "Patches holding at least half of the object", "[stage2-ppo:"):  # fmt: skip
+        assert text in out
+    assert ("Target met" in out) or ("Target NOT met" in out)
+    rows = read_results(tmp_path / "run" / "results.json")
+    assert len(rows) == 6 and all(r.gmacs_per_video > 0 and r.videos_per_s > 0 for r in rows)
+    assert rows[0].gmacs_per_video > rows[2].gmacs_per_video  # a patch costs less than the frame
+    assert 0 <= rows[2].extra["coverage"] <= 1
+    for name in ("results.txt", "tradeoff.png", "patches_ppo.png", "stage3-ppo/model.pt", "stage0/model.pt"):
+        assert (tmp_path / "run" / name).is_file()

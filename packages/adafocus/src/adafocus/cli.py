@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from adafocus.build import KIND, KINDS, build_model, load_checkpoint
-from adafocus.config import ConvertConfig, DemoConfig, ShowConfig, TestConfig, TrainConfig
+from adafocus.config import ConvertConfig, DemoConfig, EvalConfig, ShowConfig, TrainConfig
 from adafocus.conversion import load_original_checkpoint
 from adafocus.evaluation import evaluate_dataset
 from adafocus.model import AdaFocus
@@ -23,7 +23,7 @@ __all__ = ["CONVERT", "DEMO", "SHOW", "TEST", "TRAIN"]
 EVALUATED_KINDS = (KIND, KINDS[2], KINDS[1])
 
 
-def _model_and_data(cfg: TestConfig, purpose: str) -> tuple[AdaFocus, VideoClassificationDataset]:
+def _model_and_data(cfg: EvalConfig, purpose: str) -> tuple[AdaFocus, VideoClassificationDataset]:
     model = build_model(cfg.model)
     if cfg.random_weights:
         print("warning: running on RANDOM weights (--random_weights true); every output records it")
@@ -38,7 +38,7 @@ def _model_and_data(cfg: TestConfig, purpose: str) -> tuple[AdaFocus, VideoClass
     return model, build_dataset(cfg.data, num_classes=cfg.model.num_class)
 
 
-def run_test(cfg: TestConfig, run_dir: Path) -> None:
+def run_test(cfg: EvalConfig, run_dir: Path) -> None:
     model, dataset = _model_and_data(cfg, "adafocus-test")
     result = evaluate_dataset(
         model,
@@ -117,7 +117,7 @@ TRAIN = build_command(
 )
 TEST = build_command(
     run_test,
-    TestConfig,
+    EvalConfig,
     name="adafocus-test",
     doc="Evaluate: top-1, mAP, GMACs per video, videos/s; predictions.jsonl with each frame's patch.",
 )

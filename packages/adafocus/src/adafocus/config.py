@@ -10,7 +10,7 @@ naming the key when the config loads (or, for the glance map, when the model is 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from adafocus.crop import grid_positions, top_left_from_positions
 from effvid.config import MISSING, RunConfig, check_choice, option
@@ -27,7 +27,7 @@ __all__ = [
     "OptimConfig",
     "PPOConfig",
     "ShowConfig",
-    "TestConfig",
+    "EvalConfig",
     "TrainConfig",
     "adafocus_data_config",
     "check_geometry",
@@ -225,7 +225,7 @@ class TrainConfig(RunConfig):
 
 
 @dataclass
-class TestConfig(RunConfig):
+class EvalConfig(RunConfig):
     data: DataConfig = option(
         doc="evaluation data (path_label: the list)", default_factory=adafocus_data_config
     )
@@ -260,7 +260,7 @@ class TestConfig(RunConfig):
 
 
 @dataclass
-class ShowConfig(TestConfig):
+class ShowConfig(EvalConfig):
     video: str | None = option(None, "key of the video to draw (default: the list's first)")
     columns: int = option(8, "frames per row of the picture")
     scale: int = option(2, "pixels per frame pixel in the picture")
@@ -280,6 +280,10 @@ class ConvertConfig(RunConfig):
         None, "which of the file's policy copies to keep (default: all must be equal)"
     )
     model: ModelConfig = option(doc="model", default_factory=ModelConfig)
+    data: DataConfig = option(
+        doc="not read: lets the config file of the other commands be given as is",
+        default_factory=lambda: replace(adafocus_data_config(), path_frame="(not read)"),
+    )
 
     def __post_init__(self) -> None:
         check_choice("stage", self.stage, (1, 2, 3))
@@ -292,7 +296,7 @@ def _demo_data() -> DataConfig:
         path_frame="(generated)",
         sampler="uniform",
         num_frames=8,
-        batch_size=16,
+        batch_size=8,
         transform=TransformConfig(style="standard", resize=96, crop=96, train_crop="center", flip=True),
     )
 
@@ -301,14 +305,14 @@ def _demo_model() -> ModelConfig:
     return ModelConfig(
         num_class=12,
         glance="tiny_cnn",
-        glance_width=8,
+        glance_width=4,
         focus="tiny_cnn",
-        focus_width=16,
-        patch_size=32,
-        grid=5,
-        glance_size=32,
-        policy_hidden=128,
-        classifier_hidden=128,
+        focus_width=8,
+        patch_size=48,
+        grid=3,
+        glance_size=48,
+        policy_hidden=64,
+        classifier_hidden=64,
         dropout=0.2,
     )
 
@@ -331,16 +335,16 @@ class DemoConfig(RunConfig):
     model: ModelConfig = option(doc="model", default_factory=_demo_model)
     stage0: EngineConfig = option(
         doc="stage 0 (each backbone; the focus one is the full-frame baseline)",
-        default_factory=lambda: _demo_engine(8),
+        default_factory=lambda: _demo_engine(12),
     )
     stage1: EngineConfig = option(doc="stage 1", default_factory=lambda: _demo_engine(8))
     stage2: EngineConfig = option(doc="stage 2 (both variants)", default_factory=lambda: _demo_engine(4))
-    stage3: EngineConfig = option(doc="stage 3", default_factory=lambda: _demo_engine(2))
+    stage3: EngineConfig = option(doc="stage 3", default_factory=lambda: _demo_engine(3))
     ppo: PPOConfig = option(doc="stage 2 PPO", default_factory=PPOConfig)
     lr: LearningRates = option(
         doc="learning rates (Adam)",
         default_factory=lambda: LearningRates(
-            stage0=2e-3, stage1_focus=1e-3, stage1_classifier=1e-3, policy=1e-3, stage3_classifier=5e-4
+            stage0=3e-3, stage1_focus=1e-3, stage1_classifier=1e-3, policy=1e-3, stage3_classifier=5e-4
         ),
     )
     exit_thresholds: list[float] = option(
