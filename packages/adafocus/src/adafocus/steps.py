@@ -23,6 +23,9 @@ parts' BatchNorm statistics never move, and lists the parameters its stage train
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -39,6 +42,21 @@ __all__ = [
     "WarmUpStep",
     "step_cross_entropy",
 ]
+
+
+@contextlib.contextmanager
+def _frozen(*parts: nn.Module) -> Iterator[None]:
+    """Build the graph with ``parts``' parameters as constants: gradients flow through the parts
+    to their inputs, never into their weights (the flags are restored afterwards)."""
+    params = [p for part in parts for p in part.parameters()]
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
 
 
 def step_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -252,8 +270,9 @@ class DifferentiablePolicyStep(_Stage):
         positions = weights @ grid_positions(m.grid, device=video.device).to(probs.dtype)  # (B, T, 2)
         span = torch.tensor([h - m.patch_size, w - m.patch_size], dtype=probs.dtype, device=video.device)
         patches = crop_patches_differentiable(frames, (positions * span).flatten(0, 1), m.patch_size)
-        local = m.focus.forward_features(patches)
-        logits, _ = m.classifier(torch.cat([pooled, local], 1).view(b, t, -1))
+        with _frozen(m.focus, m.classifier):
+            local = m.focus.forward_features(patches)
+            logits, _ = m.classifier(torch.cat([pooled, local], 1).view(b, t, -1))
         loss = step_cross_entropy(logits, labels)
         entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(-1).mean()
         return loss, {
