@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,7 +11,14 @@ from original_reference import calibrate_batchnorm, center_actor, randomise
 from test_model import tiny
 
 from adafocus.crop import crop_patches
-from adafocus.training import BackbonePretrainStep, ClassifierStep, PolicyStep, WarmUpStep, step_cross_entropy
+from adafocus.steps import (
+    BackbonePretrainStep,
+    ClassifierStep,
+    DifferentiablePolicyStep,
+    PolicyStep,
+    WarmUpStep,
+    step_cross_entropy,
+)
 
 
 @pytest.fixture()
@@ -39,11 +48,12 @@ def test_step_cross_entropy_averages_every_step():
 
 def test_stage0_trains_one_backbone_on_averaged_frame_logits(setup):
     model, batch = setup
-    step = BackbonePretrainStep(model, "focus").eval()
-    loss, _ = step(batch)
-    frames = F.interpolate(batch["video"].flatten(0, 1), size=(32, 32))
-    logits = model.focus(frames).view(3, 4, -1).mean(1)
-    torch.testing.assert_close(loss, F.cross_entropy(logits, batch["label"]))
+    frames = batch["video"].flatten(0, 1)  # 40 x 40: the focus sees them whole, the glance at 32
+    for which, inputs in (("focus", frames), ("glance", F.interpolate(frames, size=(32, 32)))):
+        loss, _ = BackbonePretrainStep(model, which).eval()(batch)
+        logits = getattr(model, which)(inputs).view(3, 4, -1).mean(1)
+        torch.testing.assert_close(loss, F.cross_entropy(logits, batch["label"]))
+    step = BackbonePretrainStep(model, "focus")
     step.train()
     assert model.focus.training and not model.glance.training and not model.classifier.training
     step(batch)[0].backward()
@@ -141,3 +151,46 @@ def test_stage1_and_stage3_steps_fit_a_fixed_batch():
             opt.step()
         # 1.56 is the best a prediction blind to the videos can do (label frequencies)
         assert first > 1.4 and loss.item() < 0.6, (type(step).__name__, first, loss.item())
+
+
+def test_differentiable_stage2_trains_the_policy_through_the_crop(setup):
+    model, batch = setup
+    step = DifferentiablePolicyStep(model, generator=torch.Generator().manual_seed(3)).train()
+    assert model.policy.training and not model.focus.training and not model.classifier.training
+    loss, logs = step(batch)
+    loss.backward()
+    assert _grads(model) == {"policy"}  # through the focus network's input, not its weights
+    assert 0 < logs["entropy"] <= math.log(9)
+    # forward: the classifier's loss on hard patches at the sampled grid points (40-px frames,
+    # 16-px patches, a 3x3 grid: corners 0, 12, 24 are whole pixels, so the crops agree exactly)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        maps = model(batch["video"]).glance_maps
+        hidden, logits = None, []
+        for t in range(maps.shape[1]):
+            step_logits, hidden = model.policy.step(maps[:, t], hidden)
+            logits.append(step_logits)
+        probs = torch.softmax(torch.stack(logits, 1), 2)
+        actions = torch.multinomial(probs.flatten(0, 1), 1, generator=g).view(3, 4)
+        corners = model.actions_to_top_left(actions, (40, 40))
+        expected = step_cross_entropy(model(batch["video"], top_left=corners).logits, batch["label"])
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-5)
+    # the expected-position estimator crops between grid points: another loss, gradients still flow
+    model.zero_grad()
+    soft = DifferentiablePolicyStep(model, estimator="expected").train()
+    soft_loss, _ = soft(batch)
+    soft_loss.backward()
+    assert _grads(model) == {"policy"} and not torch.isclose(soft_loss, loss)
+    with pytest.raises(ValueError, match="estimator must be"):
+        DifferentiablePolicyStep(model, estimator="gumbel")
+
+
+def test_stage3_with_the_focus_network(setup):
+    model, batch = setup
+    step = ClassifierStep(model, train_focus=True).train()
+    assert model.focus.training and model.classifier.training and not model.glance.training
+    step(batch)[0].backward()
+    assert _grads(model) == {"focus", "classifier"}
+    assert {id(p) for p in step.trainable_parameters()} == {
+        id(p) for part in (model.focus, model.classifier) for p in part.parameters()
+    }

@@ -26,7 +26,7 @@ import torch
 
 from adafocus.model import AdaFocus
 from effvid.checkpoint import load_checked, remap_state_dict
-from effvid.model_files import read_torch_file
+from effvid.model_files import CONVERTERS, read_torch_file, register_converter
 
 __all__ = [
     "POLICY_COPIES",
@@ -61,6 +61,7 @@ def _policy_copies(state: Mapping[str, torch.Tensor]) -> dict[str, dict[str, tor
     return copies
 
 
+@register_converter("adafocus", "original")
 def convert_original_state_dict(
     state: Mapping[str, torch.Tensor], *, policy_copy: str | None = None, source: str = ""
 ) -> dict[str, torch.Tensor]:
@@ -139,10 +140,15 @@ def read_original_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Te
 
 
 def load_original_checkpoint(
-    model: AdaFocus, path: str | os.PathLike[str], *, policy_copy: str | None = None
+    model: AdaFocus,
+    path: str | os.PathLike[str],
+    *,
+    policy_copy: str | None = None,
+    allow_missing_policy: bool = False,
 ) -> None:
-    """Load an authors' checkpoint file into ``model`` (strict; see the module docstring)."""
-    state = convert_original_state_dict(
-        read_original_checkpoint(path), policy_copy=policy_copy, source=str(path)
-    )
-    load_checked(model, state, source=str(path))
+    """Load an authors' checkpoint file into ``model`` (strict; see the module docstring), through
+    the converter registered as ``adafocus/original``. ``allow_missing_policy``: a stage-1 file
+    (trained on random patches) has no policy; ``model``'s keeps its initialisation."""
+    convert = CONVERTERS.get("adafocus/original")
+    state = convert(read_original_checkpoint(path), policy_copy=policy_copy, source=str(path))
+    load_checked(model, state, allow_missing=("policy.*",) if allow_missing_policy else (), source=str(path))

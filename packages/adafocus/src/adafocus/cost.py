@@ -39,12 +39,17 @@ def measure_unit_costs(model: AdaFocus, frame_hw: tuple[int, int]) -> UnitCosts:
     return costs
 
 
-def video_macs(steps: torch.Tensor | int, costs: UnitCosts) -> dict[str, torch.Tensor]:
+def video_macs(
+    steps: torch.Tensor | int, costs: UnitCosts, *, policy: bool = True
+) -> dict[str, torch.Tensor]:
     """Per-video MACs (float64, (B,)) for videos that ran ``steps`` steps each.
 
     Returns ``total`` and one entry per unit; ``steps`` may be an int (every video the same).
+    ``policy=False``: the positions did not come from the policy (random patches), which then
+    cost nothing.
     """
     counts = torch.as_tensor(steps, dtype=torch.float64)
-    out = {unit: per_sample_macs({unit: counts}, costs) for unit in UNITS}
-    out["total"] = per_sample_macs(dict.fromkeys(UNITS, counts), costs)
+    ran = {unit: counts * (1.0 if policy or unit != "policy" else 0.0) for unit in UNITS}
+    out = {unit: per_sample_macs({unit: n}, costs) for unit, n in ran.items()}
+    out["total"] = per_sample_macs(ran, costs)
     return out

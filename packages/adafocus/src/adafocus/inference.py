@@ -10,17 +10,19 @@ step). Without a threshold every video runs all T steps and the result equals th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
+from adafocus.crop import random_top_left
 from adafocus.model import AdaFocus
+from effvid.data.streaming import StepLoader
 
-__all__ = ["ExitResult", "early_exit"]
+__all__ = ["POLICIES", "ExitResult", "early_exit"]
 
-# load_step(active batch positions, step) -> frames (len(active), 3, H, W)
-StepLoader = Callable[[Sequence[int], int], torch.Tensor]
+#: how positions are chosen: the policy's argmax (the original's evaluation), a sample from it,
+#: or uniformly random corners (stage 1's patches; the policy does not run)
+POLICIES = ("argmax", "sample", "random")
 
 
 @dataclass
@@ -28,7 +30,8 @@ class ExitResult:
     exit_step: torch.Tensor  # (B,) int64, 0-based step after which each video stopped
     logits: torch.Tensor  # (B, K) the classifier's prediction at that step
     top_left: torch.Tensor  # (B, T, 2) int64 patch corners; -1 for steps not run
-    actions: torch.Tensor  # (B, T) int64 grid positions; -1 for steps not run
+    actions: torch.Tensor  # (B, T) int64 grid positions; -1 for steps not run (or random patches)
+    step_logits: torch.Tensor  # (B, T, K) the prediction after every step; NaN for steps not run
 
     @property
     def steps_used(self) -> torch.Tensor:
@@ -47,6 +50,8 @@ def early_exit(
     *,
     num_steps: int | None = None,
     threshold: float | None = None,
+    policy: str = "argmax",
+    generator: torch.Generator | None = None,
 ) -> ExitResult:
     """Run AdaFocus step by step on a batch, dropping videos once they are confident.
 
@@ -56,7 +61,11 @@ def early_exit(
             frames of one step (then ``batch_size`` and ``num_steps`` are required), so that
             frames of exited videos are never decoded.
         threshold: exit when max softmax >= threshold; None: never before the last step.
+        policy: one of :data:`POLICIES`.
+        generator: the draws of ``sample`` and ``random``.
     """
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {', '.join(POLICIES)}; got {policy!r}")
     model.eval()
     if isinstance(clips, torch.Tensor):
         model.check_clips(clips)
@@ -74,17 +83,24 @@ def early_exit(
     logits_out = torch.zeros(batch_size, model.num_classes)
     top_left = torch.full((batch_size, num_steps, 2), -1, dtype=torch.long)
     actions = torch.full((batch_size, num_steps), -1, dtype=torch.long)
+    step_logits = torch.full((batch_size, num_steps, model.num_classes), float("nan"))
     active = torch.arange(batch_size)
     for step in range(num_steps):
         frames = load_step(active.tolist(), step).to(device)
         idx = active.to(device)
         maps, pooled = model.glance_frames(frames)
-        chosen = model.policy.act(maps, policy_h[idx], sample=False)
-        corners = model.actions_to_top_left(chosen.action, tuple(frames.shape[-2:]))
+        if policy == "random":
+            hw = tuple(frames.shape[-2:])
+            corners = random_top_left(len(active), hw, model.patch_size, generator=generator).to(device)
+        else:
+            chosen = model.policy.act(maps, policy_h[idx], sample=policy == "sample", generator=generator)
+            corners = model.actions_to_top_left(chosen.action, tuple(frames.shape[-2:]))
+            policy_h[idx] = chosen.hidden
+            actions[active, step] = chosen.action.cpu()
         local = model.focus_patches(frames, corners)
-        logits, new_h = model.classifier.step(torch.cat([pooled, local], 1), classifier_h[idx])
-        policy_h[idx], classifier_h[idx] = chosen.hidden, new_h
-        top_left[active, step], actions[active, step] = corners.cpu(), chosen.action.cpu()
+        logits, classifier_h[idx] = model.classifier.step(torch.cat([pooled, local], 1), classifier_h[idx])
+        top_left[active, step] = corners.cpu()
+        step_logits[active, step] = logits.float().cpu()
         if step == num_steps - 1:
             leaving = torch.ones(len(active), dtype=torch.bool)
         elif threshold is None:
@@ -97,4 +113,4 @@ def early_exit(
         active = active[~leaving]
         if len(active) == 0:
             break
-    return ExitResult(exit_step, logits_out, top_left, actions)
+    return ExitResult(exit_step, logits_out, top_left, actions, step_logits)

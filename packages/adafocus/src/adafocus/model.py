@@ -84,7 +84,7 @@ def _build(backbone: str | nn.Module, num_classes: int | None, kwargs: dict | No
 
 def _map_shape(backbone: nn.Module, size: int) -> tuple[int, int, int]:
     """(C, h, w) of the backbone's last map at size x size, on the meta device (nothing computed)."""
-    meta = copy.deepcopy(backbone).to("meta")
+    meta = copy.deepcopy(backbone).to("meta").eval()  # eval: BatchNorm takes a 1x1 map
     with torch.no_grad():
         out = meta.forward_feature_maps(torch.empty(1, 3, size, size, device="meta"))
     return tuple(out.shape[1:])
@@ -166,6 +166,23 @@ class AdaFocus(nn.Module):
             *actions.shape, 2
         )
 
+    def choose(
+        self,
+        maps: torch.Tensor,
+        *,
+        sample: bool | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The policy over a clip's glance maps (B, T, C, h, w) -> actions (B, T), log pi (B, T)."""
+        hidden, acts, lps = None, [], []
+        for step in range(maps.shape[1]):
+            # detached: the policy learns by RL or through the crop, never through the glance
+            chosen = self.policy.act(maps[:, step].detach(), hidden, sample=sample, generator=generator)
+            hidden = chosen.hidden
+            acts.append(chosen.action)
+            lps.append(chosen.log_prob)
+        return torch.stack(acts, 1), torch.stack(lps, 1)
+
     def check_clips(self, clips: torch.Tensor) -> None:
         """Raise a readable error unless ``clips`` is (B, T, 3, H, W) with frames that hold a patch."""
         if clips.dim() != 5 or clips.shape[2] != 3:
@@ -202,14 +219,7 @@ class AdaFocus(nn.Module):
         maps = maps.view(b, t, *maps.shape[1:])
         actions = log_probs = None
         if top_left is None:
-            hidden, acts, lps = None, [], []
-            for step in range(t):
-                # detached: the policy learns by RL (or not at all here), never through the glance
-                chosen = self.policy.act(maps[:, step].detach(), hidden, sample=sample, generator=generator)
-                hidden = chosen.hidden
-                acts.append(chosen.action)
-                lps.append(chosen.log_prob)
-            actions, log_probs = torch.stack(acts, 1), torch.stack(lps, 1)
+            actions, log_probs = self.choose(maps, sample=sample, generator=generator)
             top_left = self.actions_to_top_left(actions, tuple(clips.shape[-2:]))
         local = self.focus_patches(frames, top_left.reshape(b * t, 2))
         features = torch.cat([pooled, local], dim=1).view(b, t, -1)

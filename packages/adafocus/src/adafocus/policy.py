@@ -231,6 +231,11 @@ def ppo_update(
             value_coef=value_coef,
             entropy_coef=entropy_coef,
         )
+        if not torch.isfinite(loss.detach()):
+            raise FloatingPointError(
+                f"the PPO loss is {float(loss.detach())} at update epoch {len(history) + 1}; "
+                "stopped before updating the policy"
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

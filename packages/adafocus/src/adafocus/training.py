@@ -1,203 +1,276 @@
-"""One training step per stage of the original recipe, as modules: ``forward(batch) -> (loss, logs)``.
+"""The four training stages on the effvid engine, each writing the model file the next one reads.
 
-``batch`` is the core dataset's dict: ``"video"`` (B, T, 3, H, W) and ``"label"`` (B,) int64.
+=====  ==============================  ======================================  ====================
+stage  reads                           trains                                  writes
+=====  ==============================  ======================================  ====================
+0      (``model.*_weights``)            each backbone alone, with its head      ``adafocus-stage0``
+1      ``adafocus-stage0``              focus + classifier, random patches      ``adafocus-stage1``
+2      ``adafocus-stage1``              the policy: PPO, or differentiable      ``adafocus-stage2``
+3      ``adafocus-stage2``              the classifier (optionally the focus)   ``adafocus``
+=====  ==============================  ======================================  ====================
 
-=====  ==========================================  ==============================================
-stage  trains                                      how
-=====  ==========================================  ==============================================
-0      one backbone and its head (glance or focus)  per-frame logits on the glance-size frames,
-                                                    averaged over T, cross-entropy
-1      focus + classifier                           random patches (independent per frame), the
-                                                    glance frozen (eval, no grad); CE at every step
-2      policy                                       PPO on the reward p_y(policy patch) -
-                                                    p_y(random patch), everything else frozen
-3      classifier                                   argmax positions, glance/focus/policy frozen;
-                                                    CE at every step (dropout active)
-=====  ==========================================  ==============================================
-
-Each module sets the train/eval modes of the parts itself (in training mode), so the frozen
-parts' BatchNorm statistics never move, and lists the parameters its stage trains.
+Stages 0, 1, 3 and the differentiable stage 2 are one optimiser step per batch: the core's
+:func:`~effvid.engine.setup_trainer` (checkpoints and resume, AMP, data parallel). PPO collects a
+rollout and then takes ``ppo.epochs`` optimiser steps on it, so stage 2 builds its own step and
+attaches the core's handlers to it (checkpoints and resume, progress, TensorBoard, stop on a
+non-finite loss); it runs in one process, as the original.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import ignite.distributed as idist
 import torch
-import torch.nn.functional as F
+from ignite.engine import Engine
 from torch import nn
 
-from adafocus.crop import random_top_left
+from adafocus.build import KINDS, build_model, load_checkpoint
+from adafocus.config import OptimConfig, TrainConfig
 from adafocus.model import AdaFocus
-from adafocus.policy import Rollout, discounted_returns, ppo_loss
+from adafocus.policy import ppo_update
+from adafocus.steps import (
+    BackbonePretrainStep,
+    ClassifierStep,
+    DifferentiablePolicyStep,
+    PolicyStep,
+    WarmUpStep,
+    step_cross_entropy,
+)
+from effvid.config import ConfigError, config_to_yaml
+from effvid.data import DataConfig, build_dataset, worker_init_fn
+from effvid.engine import (
+    EngineConfig,
+    attach_checkpointing,
+    attach_nonfinite_stop,
+    attach_progress,
+    attach_tensorboard,
+    autocast,
+    make_dataloader,
+    resolve_device,
+    run_distributed,
+    run_trainer,
+    seed_everything,
+    setup_trainer,
+    to_device,
+)
+from effvid.model_files import save_model
 
-__all__ = ["BackbonePretrainStep", "ClassifierStep", "PolicyStep", "WarmUpStep", "step_cross_entropy"]
+__all__ = [
+    "BackbonePretrainStep",
+    "ClassifierStep",
+    "DifferentiablePolicyStep",
+    "PolicyStep",
+    "WarmUpStep",
+    "fit",
+    "fit_ppo",
+    "run_training",
+    "step_cross_entropy",
+    "train_stage",
+]
+
+ParamGroups = Sequence[tuple[nn.Module, float]]
 
 
-def step_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over all steps: logits (B, T, K), labels (B,) -> scalar."""
-    b, t, _ = logits.shape
-    return F.cross_entropy(logits.flatten(0, 1), labels.repeat_interleave(t))
+def _only_trainable(model: nn.Module, groups: ParamGroups) -> list[dict[str, Any]]:
+    """Optimiser groups ``[{"params", "lr"}]``; every other parameter of ``model`` is frozen
+    (DistributedDataParallel needs each parameter that requires grad to get one)."""
+    chosen = {id(p) for part, _ in groups for p in part.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in chosen)
+    return [{"params": list(part.parameters()), "lr": lr} for part, lr in groups]
 
 
-class _Stage(nn.Module):
-    def __init__(self, model: AdaFocus) -> None:
-        super().__init__()
-        self.model = model
-
-    def _trained(self) -> tuple[nn.Module, ...]:
-        raise NotImplementedError
-
-    def train(self, mode: bool = True) -> _Stage:
-        """Train mode puts only this stage's trained parts in train mode; the rest stays in eval."""
-        super().train(mode)
-        if mode:
-            self.model.eval()
-            for part in self._trained():
-                part.train()
-        return self
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for part in self._trained() for p in part.parameters()]
+def _optimizer(groups: list[dict[str, Any]], cfg: OptimConfig) -> torch.optim.Optimizer:
+    if cfg.name == "adam":
+        return torch.optim.Adam(groups, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(groups, lr=groups[0]["lr"], momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
-class BackbonePretrainStep(_Stage):
-    """Stage 0: ``which`` = ``"glance"`` or ``"focus"``; its head classifies every frame.
+def _loader(dataset: torch.utils.data.Dataset, data: DataConfig, engine: EngineConfig):
+    return make_dataloader(
+        dataset,
+        batch_size=data.batch_size,
+        train=True,
+        seed=engine.seed,
+        num_workers=data.num_workers,
+        worker_init_fn=worker_init_fn,
+        drop_last=len(dataset) > data.batch_size,
+    )
 
-    As the original, both see the frames at the glance size, and the glance's head has a
-    dropout of 0.2 in front.
-    """
 
-    def __init__(self, model: AdaFocus, which: str = "glance") -> None:
-        if which not in ("glance", "focus"):
-            raise ValueError(f"which must be 'glance' or 'focus', got {which!r}")
-        super().__init__(model)
-        self.which = which
-        self.backbone = getattr(model, which)
-        if isinstance(self.backbone.head, nn.Identity):
-            raise ValueError(
-                f"the {which} backbone has no classification head; build with backbone_heads=True"
+def fit(
+    objective: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    dataset: torch.utils.data.Dataset,
+    data: DataConfig,
+    engine: EngineConfig,
+    run_dir: str | Path,
+    *,
+    cosine: bool = True,
+) -> bool:
+    """One optimiser step per batch on the core's trainer for ``engine.epochs`` epochs (cosine
+    learning rate per iteration, or constant). False: ``run_dir`` held the finished run."""
+    loader = _loader(dataset, data, engine)
+    sched = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=engine.epochs * len(loader))
+        if cosine
+        else None
+    )
+    trainer = setup_trainer(
+        module=objective,
+        optimizer=optimizer,
+        cfg=engine,
+        run_dir=run_dir,
+        lr_scheduler=sched,
+    )
+    return run_trainer(trainer, loader, epochs=engine.epochs)
+
+
+def fit_ppo(
+    objective: PolicyStep,
+    optimizer: torch.optim.Optimizer,
+    dataset: torch.utils.data.Dataset,
+    data: DataConfig,
+    engine: EngineConfig,
+    run_dir: str | Path,
+    *,
+    epochs_per_rollout: int,
+) -> bool:
+    """Stage 2 by PPO: per batch, one rollout (sampled positions, rewards against random patches)
+    and ``epochs_per_rollout`` updates of the policy on it, on an ignite Engine carrying the
+    core's checkpoint, progress, TensorBoard and non-finite handlers."""
+    if idist.get_world_size() > 1:
+        raise ConfigError("stage 2 with policy_training=ppo runs in one process (no engine.backend)")
+    device = resolve_device(engine.device)
+    objective.to(device)
+    ppo = {k: getattr(objective, k) for k in ("gamma", "clip", "value_coef", "entropy_coef")}
+
+    def step(trainer: Engine, batch: Any) -> dict[str, float]:
+        objective.train()
+        batch = to_device(batch, device)
+        with autocast(device, engine.amp):
+            rollout, logs = objective.collect(batch)
+        for name in ("states", "log_probs", "rewards"):  # the update runs in float32
+            setattr(rollout, name, getattr(rollout, name).float())
+        history = ppo_update(objective.model.policy, optimizer, rollout, epochs=epochs_per_rollout, **ppo)
+        first, last = history[0], history[-1]
+        return {
+            **logs,
+            "loss": last["loss"],
+            "entropy": last["entropy"],
+            "value_loss": last["value_loss"],
+            "approx_kl": last["approx_kl"],
+            "clip_fraction": last["clip_fraction"],
+            "loss_first_epoch": first["loss"],
+        }
+
+    trainer = Engine(step)
+    attach_nonfinite_stop(trainer)
+    attach_checkpointing(
+        trainer,
+        {"model": objective, "optimizer": optimizer},
+        run_dir,
+        every=engine.checkpoint_every,
+        keep=engine.keep_checkpoints,
+        device=device,
+    )
+    if engine.progress:
+        attach_progress(trainer, output_keys=("loss", "reward"))
+    attach_tensorboard(trainer, run_dir, every=engine.log_every, optimizers={"policy": optimizer})
+    return run_trainer(trainer, _loader(dataset, data, engine), epochs=engine.epochs)
+
+
+def _continue_from(model: AdaFocus, cfg: TrainConfig) -> None:
+    """Load the previous stage's output (required from stage 1 on), checked strictly."""
+    stage, init = cfg.stage, cfg.checkpoint.init
+    if init is None:
+        if stage > 0:
+            raise ConfigError(
+                f"stage {stage} continues from stage {stage - 1}: give --checkpoint.init "
+                f"<the stage-{stage - 1} run>/model.pt"
             )
-        self.dropout = nn.Dropout(0.2 if which == "glance" else 0.0)
-
-    def _trained(self) -> tuple[nn.Module, ...]:
-        return (self.backbone,)
-
-    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        video, labels = batch["video"], batch["label"]
-        b, t = video.shape[:2]
-        features = self.backbone.forward_features(self.model.glance_input(video.flatten(0, 1)))
-        logits = self.backbone.forward_head(self.dropout(features)).view(b, t, -1).mean(1)
-        loss = F.cross_entropy(logits, labels)
-        return loss, {"acc": float((logits.argmax(1) == labels).float().mean())}
-
-
-class WarmUpStep(_Stage):
-    """Stage 1: focus + classifier on random patches; the glance is frozen."""
-
-    def __init__(self, model: AdaFocus, *, generator: torch.Generator | None = None) -> None:
-        super().__init__(model)
-        self.generator = generator
-
-    def _trained(self) -> tuple[nn.Module, ...]:
-        return (self.model.focus, self.model.classifier)
-
-    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        video, labels = batch["video"], batch["label"]
-        b, t, _, h, w = video.shape
-        corners = random_top_left(b * t, (h, w), self.model.patch_size, generator=self.generator)
-        m = self.model
-        with torch.no_grad():
-            _, pooled = m.glance_frames(video.flatten(0, 1))
-        local = m.focus_patches(video.flatten(0, 1), corners.to(video.device))
-        logits, _ = m.classifier(torch.cat([pooled, local], 1).view(b, t, -1))
-        loss = step_cross_entropy(logits, labels)
-        return loss, {"acc_last": float((logits[:, -1].argmax(1) == labels).float().mean())}
+        return
+    if cfg.checkpoint.format == "original":
+        if stage < 2:
+            raise ConfigError(
+                f"stage {stage} cannot start from an authors' checkpoint (their stage-0 backbones are "
+                "separate files); convert their stage-1 file for stage 2, or start stage 0 from "
+                "model.glance_weights / model.focus_weights"
+            )
+        load_checkpoint(model, cfg.checkpoint, kinds=(), purpose=f"stage {stage}", original_stage=stage - 1)
+        return
+    previous = KINDS[max(stage - 1, 0)]
+    load_checkpoint(model, cfg.checkpoint, kinds=(previous,), purpose=f"stage {stage}", model_cfg=cfg.model)
 
 
-class PolicyStep(_Stage):
-    """Stage 2: collect an episode with sampled positions, reward each step against a random
-    patch of the same frame, and return the PPO loss of that rollout (one epoch, as the original;
-    for several epochs per rollout use :meth:`collect` with :func:`~adafocus.policy.ppo_update`).
-
-    Reward ``r_t = softmax(c(h_{t-1}, [g_t, l_t^policy]))[y] - softmax(c(h_{t-1}, [g_t, l_t^random]))[y]``:
-    both from the classifier state before step t; only the policy step advances that state.
-    """
-
-    def __init__(
-        self,
-        model: AdaFocus,
-        *,
-        gamma: float = 0.7,
-        clip: float = 0.2,
-        value_coef: float = 0.5,
-        entropy_coef: float = 0.01,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        super().__init__(model)
-        self.gamma, self.clip, self.value_coef, self.entropy_coef = gamma, clip, value_coef, entropy_coef
-        self.generator = generator
-
-    def _trained(self) -> tuple[nn.Module, ...]:
-        return (self.model.policy,)
-
-    @torch.no_grad()
-    def collect(self, batch: dict) -> tuple[Rollout, dict[str, float]]:
-        """Run the episode: states (T, B, C, h, w), actions, log-probs and rewards (T, B)."""
-        video, labels = batch["video"], batch["label"]
-        b, t, _, h, w = video.shape
-        m = self.model
-        out = m(video, sample=True, generator=self.generator)
-        random_corners = random_top_left(b * t, (h, w), m.patch_size, generator=self.generator).to(
-            video.device
+def train_stage(model: AdaFocus, cfg: TrainConfig, run_dir: str | Path, dataset=None) -> bool:
+    """Train ``model`` in place for ``cfg.stage`` (see the module docstring); False when the run
+    directory already held the finished run."""
+    run_dir = Path(run_dir)
+    dataset = (
+        dataset
+        if dataset is not None
+        else build_dataset(cfg.data, num_classes=cfg.model.num_class, train=True)
+    )
+    lr, optim, engine = cfg.lr, cfg.optim, cfg.engine
+    cosine = optim.schedule == "cosine"
+    if cfg.stage == 0:
+        trained = False
+        for part in cfg.stage0_parts:
+            objective = BackbonePretrainStep(model, part)
+            groups = _only_trainable(model, [(objective.backbone, lr.stage0)])
+            print(f"stage 0: pre-training the {part} network alone")
+            trained |= fit(
+                objective, _optimizer(groups, optim), dataset, cfg.data, engine, run_dir / part, cosine=cosine
+            )
+        return trained
+    if cfg.stage == 1:
+        objective = WarmUpStep(model)
+        groups = _only_trainable(
+            model, [(model.focus, lr.stage1_focus), (model.classifier, lr.stage1_classifier)]
         )
-        baseline_local = m.focus_patches(video.flatten(0, 1), random_corners)
-        pooled = out.features[..., : m.glance.num_features].flatten(0, 1)
-        baseline_features = torch.cat([pooled, baseline_local], 1).view(b, t, -1)
-        # classifier states before each step: h_{-1} = 0, then the policy sequence's states
-        states, _ = m.classifier.gru(out.features)
-        before = torch.cat([torch.zeros_like(states[:, :1]), states[:, :-1]], 1)
-        baseline_logits, _ = m.classifier(baseline_features.flatten(0, 1)[:, None], before.flatten(0, 1))
-        p_policy = torch.softmax(out.logits, 2).gather(2, labels.view(b, 1, 1).expand(b, t, 1))[..., 0]
-        p_base = torch.softmax(baseline_logits.view(b, t, -1), 2).gather(
-            2, labels.view(b, 1, 1).expand(b, t, 1)
+        return fit(objective, _optimizer(groups, optim), dataset, cfg.data, engine, run_dir, cosine=cosine)
+    if cfg.stage == 2:
+        groups = _only_trainable(model, [(model.policy, lr.policy)])
+        optimizer = torch.optim.Adam(groups)  # the original's policy optimiser, constant rate
+        if cfg.policy_training == "differentiable":
+            objective = DifferentiablePolicyStep(model)
+            return fit(objective, optimizer, dataset, cfg.data, engine, run_dir, cosine=False)
+        p = cfg.ppo
+        objective = PolicyStep(
+            model, gamma=p.gamma, clip=p.clip, value_coef=p.value_coef, entropy_coef=p.entropy_coef
         )
-        rewards = p_policy - p_base[..., 0]
-        rollout = Rollout(
-            states=out.glance_maps.transpose(0, 1).contiguous(),
-            actions=out.actions.t().contiguous(),
-            log_probs=out.log_probs.t().contiguous(),
-            rewards=rewards.t().contiguous(),
+        return fit_ppo(objective, optimizer, dataset, cfg.data, engine, run_dir, epochs_per_rollout=p.epochs)
+    objective = ClassifierStep(model, train_focus=cfg.stage3_focus)
+    parts = [(model.classifier, lr.stage3_classifier)]
+    if cfg.stage3_focus:
+        parts.append((model.focus, lr.stage3_focus))
+    groups = _only_trainable(model, parts)
+    return fit(objective, _optimizer(groups, optim), dataset, cfg.data, engine, run_dir, cosine=cosine)
+
+
+def _train_process(local_rank: int, cfg: TrainConfig, run_dir: Path) -> None:
+    seed_everything(cfg.engine.seed, deterministic=cfg.engine.deterministic)  # before the model's init
+    model = build_model(cfg.model, backbone_weights=cfg.stage == 0 and cfg.checkpoint.init is None)
+    _continue_from(model, cfg)
+    trained = train_stage(model, cfg, run_dir)
+    if not trained:
+        print(f"{run_dir} already holds the finished run ({cfg.engine.epochs} epochs); nothing to train")
+    if idist.get_rank() == 0:
+        save_model(model, run_dir / "model.pt", kind=KINDS[cfg.stage], config=config_to_yaml(cfg))
+        print(
+            f"stage {cfg.stage} trained on {idist.get_world_size()} process(es); saved {run_dir / 'model.pt'} "
+            f"({KINDS[cfg.stage]})"
         )
-        return rollout, {"reward": float(rewards.mean()), "p_true_last": float(p_policy[:, -1].mean())}
-
-    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        rollout, logs = self.collect(batch)
-        returns = discounted_returns(rollout.rewards, self.gamma)
-        log_probs, values, entropy = self.model.policy.evaluate(rollout.states, rollout.actions)
-        loss, ppo_logs = ppo_loss(
-            log_probs,
-            rollout.log_probs,
-            returns,
-            values,
-            entropy,
-            clip=self.clip,
-            value_coef=self.value_coef,
-            entropy_coef=self.entropy_coef,
-        )
-        return loss, {**logs, **ppo_logs}
 
 
-class ClassifierStep(_Stage):
-    """Stage 3: the classifier alone on the policy's argmax patches (the released code freezes
-    the focus network here, although the paper says it is fine-tuned too)."""
-
-    def _trained(self) -> tuple[nn.Module, ...]:
-        return (self.model.classifier,)
-
-    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        video, labels = batch["video"], batch["label"]
-        m = self.model
-        with torch.no_grad():
-            features = m(video, sample=False).features
-        logits, _ = m.classifier(features)
-        loss = step_cross_entropy(logits, labels)
-        return loss, {"acc_last": float((logits[:, -1].argmax(1) == labels).float().mean())}
+def run_training(cfg: TrainConfig, run_dir: Path) -> None:
+    """``adafocus-train``: one process, spawned processes, or torchrun's (not for PPO)."""
+    if cfg.stage == 2 and cfg.policy_training == "ppo" and cfg.engine.backend is not None:
+        raise ConfigError("stage 2 with policy_training=ppo runs in one process: leave engine.backend unset")
+    run_distributed(
+        _train_process, cfg, run_dir, backend=cfg.engine.backend, nproc_per_node=cfg.engine.nproc_per_node
+    )

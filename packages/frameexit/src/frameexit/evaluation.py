@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +12,7 @@ import torch
 from tqdm import tqdm
 
 from effvid.data import VideoClassificationDataset
+from effvid.data.streaming import step_loader
 from effvid.io import atomic_write_json
 from effvid.metrics import HitAt1, VideoMAP
 from effvid.reports import write_predictions
@@ -48,27 +48,6 @@ class Evaluation:
         )
 
 
-def _step_loader(
-    dataset: VideoClassificationDataset, ids: Sequence[int], *, stream: bool, pool: ThreadPoolExecutor | None
-) -> Callable[[Sequence[int], int], torch.Tensor]:
-    """``load_step(active, step)`` for the videos ``ids``: streamed (decode frame ``step`` of the
-    active videos only, in ``pool`` threads when given) or from whole clips loaded up front."""
-    if not stream:
-        clips = torch.stack([dataset[i]["video"] for i in ids])
-        return lambda active, step: clips[list(active), step]
-    orders = [dataset.frame_indices(i) for i in ids]
-
-    def one(a: int, step: int) -> torch.Tensor:
-        return dataset.load_frames(ids[a], [step], indices=orders[a])[0]
-
-    def load_step(active: Sequence[int], step: int) -> torch.Tensor:
-        if pool is not None:
-            return torch.stack(list(pool.map(one, active, [step] * len(active))))
-        return torch.stack([one(a, step) for a in active])
-
-    return load_step
-
-
 @torch.no_grad()
 def evaluate_dataset(
     model: FrameExitModel,
@@ -100,7 +79,7 @@ def evaluate_dataset(
     try:
         for start in tqdm(starts, desc="videos", unit="batch", disable=not progress):
             ids = list(range(start, min(start + batch_size, len(dataset))))
-            load_step = _step_loader(dataset, ids, stream=stream, pool=pool)
+            load_step = step_loader(dataset, ids, stream=stream, pool=pool)
             result = early_exit(model, load_step, len(ids), device=device, max_steps=steps, exits=exits)
             bad = [
                 dataset.records[ids[j]].key

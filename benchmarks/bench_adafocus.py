@@ -1,0 +1,173 @@
+"""AdaFocus inference speed: the batched forward vs a frame-by-frame loop like the original's, and
+the realised speed-up over the full-frame model compared with the MAC reduction.
+
+Two workloads, model only (clips held in memory, no decoding):
+
+* ``--paper``: the paper's sizes with random weights - MobileNetV2 glance at 224, ResNet-50 focus
+  on 128-px patches of 224-px frames, 16 frames, 200 classes; the full-frame model is the ResNet-50
+  on every whole frame (the focus network without the patch);
+* ``--run DIR``: an ``adafocus-demo`` run directory - its final model (PPO policy) on its validation
+  videos; the full-frame model is its stage-0 focus network, the demo's baseline.
+
+Strategies, on the same weights and clips:
+  batched         - ``AdaFocus.forward``: the glance over all B*T frames at once, the policy step by
+                    step, then the focus network over all B*T patches at once;
+  frame by frame  - the original's order: one video at a time, and per frame glance, policy, crop,
+                    focus, classifier step (``AdaFocus.forward_frame_by_frame``, batch 1);
+  full frame      - the full-frame model on every frame, batched.
+``efficiency = (full-frame time / batched time) / (full-frame MACs / AdaFocus MACs)``: 1.0 means the
+MACs saved turn fully into time saved.
+
+    python benchmarks/bench_adafocus.py --paper --videos 8 --batch 8
+    python benchmarks/bench_adafocus.py --run runs/adafocus-demo-<time>
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import platform
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from adafocus.build import KIND, KINDS, build_model
+from adafocus.config import DemoConfig
+from adafocus.cost import measure_unit_costs, video_macs
+from adafocus.model import AdaFocus
+from effvid.checkpoint import load_checked
+from effvid.config import load_config
+from effvid.data import build_dataset
+from effvid.flops import count_macs
+from effvid.model_files import read_model_file
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
+    return f"{cpu}, {os.cpu_count()} cores{gpu}; torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def timed(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+@torch.no_grad()
+def compare(
+    title: str, model: AdaFocus, full_frame: torch.nn.Module, clips: torch.Tensor, batch: int, repeats: int
+) -> None:
+    model.eval()
+    full_frame.eval()
+    n, t = clips.shape[:2]
+    chunks = [clips[i : i + batch] for i in range(0, n, batch)]
+
+    def batched():
+        for chunk in chunks:
+            model(chunk)
+
+    def frame_by_frame():
+        for i in range(n):
+            model.forward_frame_by_frame(clips[i : i + 1])
+
+    def full():
+        for chunk in chunks:
+            full_frame(chunk.flatten(0, 1))
+
+    batched()  # warm-up: allocator, oneDNN primitives
+    tb, t1, tf = timed(batched, repeats), timed(frame_by_frame, repeats), timed(full, repeats)
+    gmacs = float(video_macs(t, measure_unit_costs(model, tuple(clips.shape[-2:])))["total"]) / 1e9
+    meta = copy.deepcopy(full_frame).to("meta")
+    full_gmacs = count_macs(meta, torch.empty(1, *clips.shape[2:], device="meta")) * t / 1e9
+    print(f"\n{title}")
+    print(f"machine: {machine()}")
+    print(f"{'strategy':<34} {'videos/s':>9} {'GMACs/video':>12}")
+    print(f"{f'AdaFocus, batched (batch {batch})':<34} {n / tb:>9.2f} {gmacs:>12.4f}")
+    print(f"{'AdaFocus, frame by frame (batch 1)':<34} {n / t1:>9.2f} {gmacs:>12.4f}")
+    print(f"{f'full frame, batched (batch {batch})':<34} {n / tf:>9.2f} {full_gmacs:>12.4f}")
+    speedup, reduction = tf / tb, full_gmacs / gmacs
+    print(f"batched vs frame by frame: {t1 / tb:.2f}x faster")
+    print(
+        f"speed-up over the full-frame model {speedup:.2f}x / MAC reduction {reduction:.2f}x = "
+        f"efficiency {speedup / reduction:.2f}"
+    )
+
+
+def bench_paper(videos: int, batch: int, repeats: int) -> None:
+    torch.manual_seed(0)
+    model = AdaFocus(num_classes=200, patch_size=128)
+    full_frame = copy.deepcopy(model.focus)  # ResNet-50 with its 200-way head, on whole frames
+    clips = torch.randn(videos, 16, 3, 224, 224)
+    compare(
+        f"paper sizes (MobileNetV2 glance at 224, ResNet-50 on 128-px patches, 16 frames), random weights, "
+        f"{videos} videos in memory",
+        model,
+        full_frame,
+        clips,
+        batch,
+        repeats,
+    )
+
+
+def bench_run(run: Path, batch: int, repeats: int) -> None:
+    cfg = load_config(DemoConfig, [str(run / "config.yaml")])
+    root = Path(cfg.root)
+    storage = root / {"frames": "frames", "lmdb": "frames.lmdb", "video": "videos"}[cfg.data.storage]
+    transform = replace(cfg.data.transform, resize=cfg.size, crop=cfg.size, train_crop="center")
+    data = replace(
+        cfg.data,
+        format="list",
+        path_frame=str(storage),
+        path_label=str(root / "val.txt"),
+        path_classid=str(root / "classes.txt"),
+        transform=transform,
+    )
+    dataset = build_dataset(data, num_classes=cfg.model.num_class)
+    clips = torch.stack([dataset[i]["video"] for i in range(len(dataset))])
+    model = build_model(cfg.model)
+    load_checked(model, read_model_file(run / "stage3-ppo" / "model.pt", kind=KIND).state_dict)
+    stage0 = build_model(cfg.model)
+    load_checked(stage0, read_model_file(run / "stage0" / "model.pt", kind=KINDS[0]).state_dict)
+    compare(
+        f"demo run {run}: final model (PPO policy) and its stage-0 focus network on whole frames, "
+        f"{len(dataset)} validation videos in memory",
+        model,
+        stage0.focus,
+        clips,
+        batch,
+        repeats,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--paper", action="store_true", help="the paper's sizes with random weights")
+    parser.add_argument("--run", type=Path, help="an adafocus-demo run directory")
+    parser.add_argument("--videos", type=int, default=8, help="--paper: videos to run")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    if not args.paper and not args.run:
+        parser.error("give --paper and/or --run DIR")
+    if args.run:
+        bench_run(args.run, args.batch, args.repeats)
+    if args.paper:
+        bench_paper(args.videos, args.batch, args.repeats)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""Evaluating AdaFocus over a dataset: batched step-by-step inference, metrics, per-video records."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from adafocus.cost import measure_unit_costs, video_macs
+from adafocus.inference import early_exit
+from adafocus.model import AdaFocus
+from effvid.data import VideoClassificationDataset
+from effvid.data.streaming import step_loader
+from effvid.engine import autocast
+from effvid.io import atomic_write_json
+from effvid.metrics import HitAt1, VideoMAP
+from effvid.reports import write_predictions
+
+__all__ = ["Evaluation", "evaluate_dataset"]
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, Any]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def write(self, run_dir: str | Path, *, name: str = "eval") -> None:
+        """``metrics_<name>.json`` and ``predictions.jsonl`` (one line per video), atomically."""
+        run_dir = Path(run_dir)
+        atomic_write_json(run_dir / f"metrics_{name}.json", self.metrics)
+        write_predictions(run_dir / "predictions.jsonl", self.rows)
+
+    def summary(self) -> str:
+        m = self.metrics
+        hist = "  ".join(f"{k}:{v:.1%}" for k, v in m["exit_histogram"].items() if v > 0)
+        skipped = m["skipped_videos"]["count"]
+        note = (
+            f"\nskipped (missing from storage, data.on_missing=skip): {skipped} video(s)" if skipped else ""
+        )
+        return (
+            f"videos: {m['num_videos']}  top1: {m['top1']:.4f}  mAP: {m['map']:.4f}  "
+            f"(patches: {m['policy']}, exit threshold: {m['exit_threshold']})\n"
+            f"steps per video: {m['mean_steps']:.2f}  GMACs per video: {m['mean_gmacs']:.4f}  "
+            f"videos/s: {m['videos_per_s']:.1f}\n"
+            f"exit histogram (steps used: share of videos): {hist}{note}"
+        )
+
+
+def _row(dataset: VideoClassificationDataset, i: int, j: int, result, macs, patch: int) -> dict[str, Any]:
+    steps = int(result.exit_step[j]) + 1
+    boxes = [[int(y), int(x), int(y) + patch, int(x) + patch] for y, x in result.top_left[j, :steps].tolist()]
+    step_probs = torch.softmax(result.step_logits[j, :steps], 1)
+    return {
+        "video": dataset.records[i].key,
+        "labels": list(dataset.records[i].labels),
+        "exit_step": steps - 1,
+        "steps_used": steps,
+        "gmacs": float(macs["total"][j]) / 1e9,
+        "patches": boxes,  # per step: [top, left, bottom, right) in the transformed frame's pixels
+        "actions": result.actions[j, :steps].tolist(),
+        "step_probs": [[round(float(p), 6) for p in row] for row in step_probs],
+        "probs": [round(float(p), 6) for p in result.probs[j]],
+    }
+
+
+@torch.no_grad()
+def evaluate_dataset(
+    model: AdaFocus,
+    dataset: VideoClassificationDataset,
+    *,
+    batch_size: int,
+    device: torch.device,
+    policy: str = "argmax",
+    threshold: float | None = None,
+    stream: bool = True,
+    num_threads: int = 0,
+    seed: int = 0,
+    amp: str = "none",
+    progress: bool = True,
+) -> Evaluation:
+    """Step-by-step inference over ``dataset`` in batches of ``batch_size`` videos.
+
+    Positions come from ``policy`` (``argmax``, ``sample`` or ``random``); a video stops once
+    its top class probability reaches ``threshold`` (None: every video runs every step).
+    ``stream``: a frame is decoded when a video reaches its step, never for steps it does not
+    reach (``num_threads`` decoding in parallel). ``videos_per_s`` is the measured throughput,
+    decoding included.
+    """
+    model = model.to(device).eval()
+    frame_hw = tuple(dataset.load_frames(0, [0]).shape[-2:])
+    costs = measure_unit_costs(model, frame_hw)
+    num_steps = len(dataset.frame_indices(0))
+    generator = torch.Generator().manual_seed(seed)
+    hit1, mean_ap = HitAt1(), VideoMAP()
+    hit1.reset()
+    mean_ap.reset()
+    rows: list[dict[str, Any]] = []
+    pool = ThreadPoolExecutor(num_threads) if num_threads > 0 else None
+    start_time = time.perf_counter()
+    try:
+        for start in tqdm(
+            range(0, len(dataset), batch_size), desc="videos", unit="batch", disable=not progress
+        ):
+            ids = list(range(start, min(start + batch_size, len(dataset))))
+            load_step = step_loader(dataset, ids, stream=stream, pool=pool)
+            with autocast(device, amp):
+                result = early_exit(
+                    model,
+                    load_step,
+                    len(ids),
+                    num_steps=num_steps,
+                    threshold=threshold,
+                    policy=policy,
+                    generator=generator,
+                )
+            bad = [
+                dataset.records[ids[j]].key
+                for j in range(len(ids))
+                if not torch.isfinite(result.logits[j]).all()
+            ]
+            if bad:
+                raise FloatingPointError(
+                    f"the model gave non-finite class scores for {len(bad)} video(s), first '{bad[0]}'; "
+                    "check the weights (--checkpoint.init) and the input frames"
+                )
+            targets = torch.stack([dataset.label(i) for i in ids])
+            hit1.update((result.probs, targets))
+            mean_ap.update((result.probs, targets))
+            macs = video_macs(result.steps_used, costs, policy=policy != "random")
+            rows.extend(_row(dataset, i, j, result, macs, model.patch_size) for j, i in enumerate(ids))
+    finally:
+        if pool:
+            pool.shutdown()
+    seconds = time.perf_counter() - start_time
+    steps = np.array([r["steps_used"] for r in rows])
+    metrics = {
+        "num_videos": len(rows),
+        "top1": hit1.compute(),
+        "map": mean_ap.compute(),
+        "policy": policy,
+        "exit_threshold": threshold,
+        "mean_steps": float(steps.mean()),
+        "mean_gmacs": float(np.mean([r["gmacs"] for r in rows])),
+        "videos_per_s": len(rows) / seconds,
+        "exit_histogram": {str(k): float((steps == k).mean()) for k in range(1, num_steps + 1)},
+        "skipped_videos": {"count": len(dataset.skipped), "keys": list(dataset.skipped)},
+        "unit": "GMACs (multiply-accumulates) per video",
+        "unit_costs_macs": dict(costs.macs),
+        "device": str(device),
+    }
+    return Evaluation(metrics=metrics, rows=rows)
