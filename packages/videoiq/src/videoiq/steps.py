@@ -6,11 +6,12 @@ stage    module                      trains                                     
 =======  ==========================  =========================================  ====================
 1        :class:`FloatStep`          the float teacher                          CE
 2        :class:`AnyPrecisionStep`   the any-precision ResNet (all bit widths)  per bit: CE + KD
+3        :class:`FloatStep`          the policy's MobileNetV2 as a classifier   CE
 4        :class:`PolicyStep`         the policy only                            CE + KD + policy CE
                                                                                 + balance, cost, entropy
 =======  ==========================  =========================================  ====================
 
-(Stage 3, ImageNet-style pretraining of the policy's MobileNetV2, is plain classification.)
+:mod:`videoiq.training` runs them on the effvid engine.
 
 The original ran its frozen parts in train mode, so their BatchNorm statistics kept moving and the
 step-2 teacher's dropout stayed on (notes §11.7). Here frozen parts run in eval mode unless
@@ -44,14 +45,15 @@ def _frozen(module: nn.Module) -> nn.Module:
 
 
 class FloatStep(nn.Module):
-    """Stage 1: the float network with cross-entropy."""
+    """Stages 1 and 3: a float classifier (clip (B, T, 3, H, W) -> logits (B, K)) with cross-entropy:
+    the float ResNet, or the policy's MobileNetV2 (:class:`~videoiq.policy.PolicyBackboneClassifier`)."""
 
-    def __init__(self, teacher: FullPrecisionTeacher) -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.teacher = teacher
+        self.model = model
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        loss = classification_loss(self.teacher(batch["video"]), batch["label"])
+        loss = classification_loss(self.model(batch["video"]), batch["label"])
         return loss, {"ce": float(loss.detach())}
 
 
