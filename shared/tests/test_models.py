@@ -42,6 +42,19 @@ def test_interface_shapes_on_meta(name):
     assert net.forward_head(net.forward_features(x)).shape == (2, 3)
 
 
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_scaled_resnet_keeps_torchvision_names_at_a_fraction_of_the_width(name):
+    narrow, full = get_backbone(name, width=16), get_backbone(name)
+    a, b = narrow.state_dict(), full.state_dict()
+    assert list(a) == list(b)  # same modules, same names: surgery and converters see the same net
+    assert a["conv1.weight"].shape[0] == 16 and narrow.num_features == full.num_features // 4
+    assert a["layer4.0.conv1.weight"].shape[0] == b["layer4.0.conv1.weight"].shape[0] // 4
+    x = torch.randn(2, 3, 64, 64)
+    assert narrow.eval()(x).shape == (2, narrow.num_features)
+    with pytest.raises(ValueError, match="64 wide"):
+        get_backbone(name, width=16, weights="DEFAULT")
+
+
 def test_tiny_cnn_computes_and_pools_the_last_map():
     torch.manual_seed(0)
     net = get_backbone("tiny_cnn", width=8).eval()

@@ -16,7 +16,7 @@ from videoiq.losses import (
     policy_entropy,
 )
 from videoiq.model import AnyPrecisionResNet, FullPrecisionTeacher, VideoIQ
-from videoiq.training import AnyPrecisionStep, FloatStep, PolicyStep
+from videoiq.steps import AnyPrecisionStep, FloatStep, PolicyStep
 
 
 def test_loss_terms_by_hand():

@@ -19,6 +19,12 @@ Renames (``{b}`` a bit width, ``k`` a conv index)::
 
 Bit widths the checkpoint has beyond the model's family are dropped; a family bit width it lacks
 is an error. Everything else loads strictly through :func:`effvid.checkpoint.load_checked`.
+
+Registered with the core (:func:`effvid.model_files.register_converter`) as format ``original``
+of our kinds: ``videoiq`` (a ``resnet_videoiq`` state -> :class:`VideoIQ` keys, the teacher left
+out), ``videoiq-ap`` (``resnet_pact_ap`` -> :class:`AnyPrecisionResNet`) and ``videoiq-fp`` (the
+``*_32fp`` float teacher of either). A ``--use_fp_as_bb`` model needs the model-aware
+:func:`load_original_checkpoint`, which gives its float branch the teacher's trunk.
 """
 
 from __future__ import annotations
@@ -32,10 +38,24 @@ from dataclasses import dataclass
 import torch
 
 from effvid.checkpoint import load_checked
-from effvid.model_files import read_state_dict
+from effvid.model_files import read_state_dict, register_converter
 from videoiq.model import AnyPrecisionResNet, FullPrecisionTeacher, VideoIQ
 
-__all__ = ["ConvertedState", "convert_original_state_dict", "load_original_checkpoint"]
+__all__ = [
+    "KIND",
+    "KIND_AP",
+    "KIND_FP",
+    "KIND_POLICY_BACKBONE",
+    "ConvertedState",
+    "convert_original_state_dict",
+    "load_original_checkpoint",
+]
+
+#: kinds of our model files (effvid.model_files), one per stage of the pipeline
+KIND_FP = "videoiq-fp"
+KIND_AP = "videoiq-ap"
+KIND_POLICY_BACKBONE = "videoiq-policy-backbone"
+KIND = "videoiq"
 
 _BITS = re.compile(r"(?:^|\.)layer\d+\.\d+\.q_alpha1_(\d+)$")
 _MBV2_EXPAND = {"0": "0.0", "1": "0.1", "3": "1.0", "4": "1.1", "6": "2", "7": "3"}
@@ -235,3 +255,29 @@ def load_original_checkpoint(
             raise ValueError(f"checkpoint {source or '<state dict>'} has no float teacher (*_32fp keys)")
         load_checked(teacher, converted.teacher, source=f"{source} (teacher)")
     return converted
+
+
+def _layout_part(state: Mapping[str, torch.Tensor], layout: str) -> dict[str, torch.Tensor]:
+    converted = convert_original_state_dict(state)
+    if converted.layout != layout:
+        names = {"videoiq": "resnet_videoiq (step 4)", "ap": "resnet_pact_ap (step 2)"}
+        raise ValueError(f"the checkpoint is a {names[converted.layout]} state dict, not {names[layout]}")
+    return converted.model
+
+
+@register_converter(KIND, "original")
+def _original_videoiq(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return _layout_part(state, "videoiq")
+
+
+@register_converter(KIND_AP, "original")
+def _original_ap(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return _layout_part(state, "ap")
+
+
+@register_converter(KIND_FP, "original")
+def _original_teacher(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    teacher = convert_original_state_dict(state).teacher
+    if teacher is None:
+        raise ValueError("the checkpoint has no float teacher (*_32fp keys; trained without --is_32fp)")
+    return teacher

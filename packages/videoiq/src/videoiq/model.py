@@ -129,6 +129,7 @@ class AnyPrecisionResNet(_BitWidthMixin, nn.Module):
         dropout: before the classifier (0.5 in the original).
         mean_aligned: the original's ``--mean_aligned``: quantised weights and activations are
             rescaled to the mean of their unquantised values.
+        backbone_kwargs: more arguments of the registry's builder (``{"width": 16}``: a narrow ResNet).
     """
 
     def __init__(
@@ -140,13 +141,14 @@ class AnyPrecisionResNet(_BitWidthMixin, nn.Module):
         q_init: float | Sequence[float] = 2.0,
         dropout: float = 0.5,
         mean_aligned: bool = False,
+        backbone_kwargs: dict | None = None,
     ) -> None:
         super().__init__()
         if arch not in RESNETS:
             raise ValueError(f"the any-precision network is a ResNet ({', '.join(RESNETS)}), got '{arch}'")
         self.family = check_family(bit_width_family)
-        self.arch = arch
-        self.backbone = get_backbone(arch)
+        self.arch, self.backbone_kwargs = arch, dict(backbone_kwargs or {})
+        self.backbone = get_backbone(arch, **self.backbone_kwargs)
         replace_modules(
             self.backbone,
             (BasicBlock, Bottleneck),
@@ -159,9 +161,14 @@ class AnyPrecisionResNet(_BitWidthMixin, nn.Module):
     def from_float(cls, teacher: FullPrecisionTeacher, **kwargs) -> AnyPrecisionResNet:
         """Start from a trained float network, as the original's step 2 does from step 1: convs,
         stem and classifier copied, every bit width's BN a copy of the float BN; the PACT clips
-        keep ``q_init``. ``kwargs`` are the other constructor arguments (``num_classes`` and
-        ``arch`` come from the teacher)."""
-        model = cls(arch=teacher.arch, num_classes=teacher.fc.out_features, **kwargs)
+        keep ``q_init``. ``kwargs`` are the other constructor arguments (``num_classes``, ``arch``
+        and ``backbone_kwargs`` come from the teacher)."""
+        model = cls(
+            arch=teacher.arch,
+            num_classes=teacher.fc.out_features,
+            backbone_kwargs=teacher.backbone_kwargs,
+            **kwargs,
+        )
         float_state = teacher.state_dict()
         state = {}
         for key in model.state_dict():
@@ -192,10 +199,12 @@ class FullPrecisionTeacher(nn.Module):
     """The float ResNet + classifier that the original kept inside the student as ``*_32fp``:
     clip (B, T, 3, H, W) -> logits (B, K) averaged over T (no dropout, as in ``resnet_videoiq``)."""
 
-    def __init__(self, *, arch: str = "resnet50", num_classes: int) -> None:
+    def __init__(
+        self, *, arch: str = "resnet50", num_classes: int, backbone_kwargs: dict | None = None
+    ) -> None:
         super().__init__()
-        self.arch = arch
-        self.backbone = get_backbone(arch)
+        self.arch, self.backbone_kwargs = arch, dict(backbone_kwargs or {})
+        self.backbone = get_backbone(arch, **self.backbone_kwargs)
         self.fc = nn.Linear(self.backbone.num_features, num_classes)
 
     def forward(self, clip: torch.Tensor) -> torch.Tensor:
@@ -228,6 +237,7 @@ class VideoIQ(nn.Module):
         skip_list: the policy's skip options.
         policy_head: add the policy's classification head (``--is_policy_pred``).
         float_branch: add the float trunk as the first precision choice.
+        backbone_kwargs: more arguments of the ResNet builder (``{"width": 16}``).
         policy_kwargs: more :class:`PrecisionPolicy` arguments (``input_size``, ``hidden``...).
     """
 
@@ -242,6 +252,7 @@ class VideoIQ(nn.Module):
         dropout: float = 0.5,
         policy_head: bool = False,
         float_branch: bool = False,
+        backbone_kwargs: dict | None = None,
         policy_kwargs: dict | None = None,
     ) -> None:
         super().__init__()
@@ -251,8 +262,13 @@ class VideoIQ(nn.Module):
             bit_width_family=bit_width_family,
             q_init=q_init,
             dropout=dropout,
+            backbone_kwargs=backbone_kwargs,
         )
-        self.float_branch = get_backbone(arch).requires_grad_(False) if float_branch else None
+        self.float_branch = (
+            get_backbone(arch, **self.recognizer.backbone_kwargs).requires_grad_(False)
+            if float_branch
+            else None
+        )
         self.policy = PrecisionPolicy(
             num_bits=len(self.precisions),
             skip_list=skip_list,

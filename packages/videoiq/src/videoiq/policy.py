@@ -6,6 +6,11 @@
         --> LSTMCell(1280, 512) --> h_t --> Linear(512, #bits + #skips) --> log-softmax p_t
         --> r_t = one-hot: hard Gumbel-softmax(p_t, temperature) in training, argmax at evaluation
     optional head: Linear(512, K) on the mean of h_t over T
+
+Stage 3 of the pipeline pretrains the same MobileNetV2 (same modules and names) as a frame
+classifier at the policy's input size (:class:`PolicyBackboneClassifier`), so that its weights
+load into the policy as they are (the original trained another MobileNetV2 at 224x224, whose keys
+did not fit its policy).
 """
 
 from __future__ import annotations
@@ -20,7 +25,27 @@ from torch import nn
 from effvid.models import get_backbone, replace_modules
 from videoiq.quant import QConv2d
 
-__all__ = ["PolicyOutput", "PrecisionPolicy"]
+__all__ = ["PolicyBackboneClassifier", "PolicyOutput", "PrecisionPolicy", "policy_backbone"]
+
+
+def policy_backbone(width_mult: float = 1.0) -> nn.Module:
+    """The policy's MobileNetV2 (effvid registry, ``width_mult`` as torchvision's): its first and
+    last convs DoReFa-normalised at 32 bits, as in the original."""
+    backbone = get_backbone("mobilenet_v2", width_mult=width_mult)
+    last = f"features.{len(backbone.features) - 1}.0"
+    replace_modules(backbone, ["features.0.0", last], lambda _n, conv: QConv2d.from_conv(conv, (32,)))
+    return backbone
+
+
+def small_frames(clip: torch.Tensor, size: int) -> torch.Tensor:
+    """clip (B, T, 3, H, W) -> frames (B*T, 3, size, size), bilinear; resized as one (B, T*3, H, W)
+    image like the original (per-frame batches round differently)."""
+    b, t, c = clip.shape[:3]
+    return F.interpolate(clip.flatten(1, 2), size=[size, size], mode="bilinear").view(b * t, c, size, size)
+
+
+def _pooled(backbone: nn.Module, frames: torch.Tensor) -> torch.Tensor:
+    return F.adaptive_avg_pool2d(backbone.forward_feature_maps(frames), 1).flatten(1)  # as the original
 
 
 @dataclass
@@ -44,6 +69,7 @@ class PrecisionPolicy(nn.Module):
         skip_list: frames skipped by each skip option (``(1,)``; ``()``: no skip).
         num_classes: size of the optional classification head on the mean hidden state.
         hidden, dropout, input_size, temperature: 512, 0.8, 84, 5.0 in the original.
+        width_mult: MobileNetV2's width multiplier (1.0 in the original).
     """
 
     def __init__(
@@ -56,6 +82,7 @@ class PrecisionPolicy(nn.Module):
         dropout: float = 0.8,
         input_size: int = 84,
         temperature: float = 5.0,
+        width_mult: float = 1.0,
     ) -> None:
         super().__init__()
         if any(int(s) < 1 for s in skip_list):
@@ -65,11 +92,7 @@ class PrecisionPolicy(nn.Module):
             tuple(int(s) for s in skip_list),
             input_size,
         )
-        self.backbone = get_backbone("mobilenet_v2")
-        last = f"features.{len(self.backbone.features) - 1}.0"
-        replace_modules(
-            self.backbone, ["features.0.0", last], lambda _n, conv: QConv2d.from_conv(conv, (32,))
-        )
+        self.backbone = policy_backbone(width_mult)
         self.dropout = nn.Dropout(dropout)
         self.rnn = nn.LSTMCell(self.backbone.num_features, hidden)
         self.linear = nn.Linear(hidden, num_bits + len(self.skip_list))
@@ -91,14 +114,8 @@ class PrecisionPolicy(nn.Module):
 
     def frame_features(self, clip: torch.Tensor) -> torch.Tensor:
         """clip (B, T, 3, H, W) -> dropped-out MobileNetV2 features (B, T, 1280)."""
-        b, t, c = clip.shape[:3]
-        # resized as one (B, T*3, H, W) image like the original; per-frame batches round differently
-        size = [self.input_size, self.input_size]
-        small = F.interpolate(clip.flatten(1, 2), size=size, mode="bilinear").view(b * t, c, *size)
-        pooled = F.adaptive_avg_pool2d(self.backbone.forward_feature_maps(small), 1).flatten(
-            1
-        )  # as the original
-        return self.dropout(pooled).view(b, t, -1)
+        pooled = _pooled(self.backbone, small_frames(clip, self.input_size))
+        return self.dropout(pooled).view(*clip.shape[:2], -1)
 
     def forward(self, clip: torch.Tensor, *, sample: bool | None = None) -> PolicyOutput:
         """clip (B, T, 3, H, W) -> :class:`PolicyOutput`.
@@ -137,3 +154,28 @@ class PrecisionPolicy(nn.Module):
             remain = (remain - 1).clamp(min=0)
         class_logits = self.fc(torch.stack(hiddens, dim=1).mean(dim=1)) if self.fc is not None else None
         return PolicyOutput(torch.stack(decisions, dim=1), torch.stack(log_probs, dim=1), class_logits)
+
+
+class PolicyBackboneClassifier(nn.Module):
+    """Stage 3: the policy's MobileNetV2 trained as a frame classifier at the policy's input size.
+
+    ::
+
+        clip (B, T, 3, H, W) --bilinear input_size--> MobileNetV2 --> avg pool --> dropout --> fc
+            --> per-frame logits, mean over T --> (B, K)
+
+    ``backbone`` has the policy's modules and names: its state loads into ``policy.backbone``.
+    """
+
+    def __init__(
+        self, *, num_classes: int, input_size: int = 84, width_mult: float = 1.0, dropout: float = 0.5
+    ) -> None:
+        super().__init__()
+        self.input_size = input_size
+        self.backbone = policy_backbone(width_mult)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(self.backbone.num_features, num_classes)
+
+    def forward(self, clip: torch.Tensor) -> torch.Tensor:
+        logits = self.fc(self.dropout(_pooled(self.backbone, small_frames(clip, self.input_size))))
+        return logits.view(*clip.shape[:2], -1).mean(dim=1)

@@ -1,190 +1,285 @@
-"""One training step per stage of the original pipeline, as modules for the effvid engine:
-``forward(batch) -> (loss, logs)`` with ``batch = {"video": (B, T, 3, H, W), "label": (B,) or (B, K)}``.
+"""The four stages on the effvid engine: the step modules of :mod:`videoiq.steps` under the core's
+``setup_trainer`` / ``run_trainer`` (checkpoints and resume, AMP, DistributedDataParallel).
 
-=======  ==========================  =========================================  ====================
-stage    module                      trains                                     loss
-=======  ==========================  =========================================  ====================
-1        :class:`FloatStep`          the float teacher                          CE
-2        :class:`AnyPrecisionStep`   the any-precision ResNet (all bit widths)  per bit: CE + KD
-4        :class:`PolicyStep`         the policy only                            CE + KD + policy CE
-                                                                                + balance, cost, entropy
-=======  ==========================  =========================================  ====================
+=================  ==============================  ===========================================
+stage              optimiser groups                from the previous stages
+=================  ==============================  ===========================================
+fp                 everything at ``lr``            -
+ap                 shared weights ``lr / #bits``;  ``--checkpoint.init`` (the float network it
+                   BatchNorms ``lr``; the clips     starts from), ``--checkpoint.teacher`` (KD;
+                   of bit width b ``q_lr[b]``,      default: the init file)
+                   ``q_weight_decay[b]``
+policy_backbone    everything at ``lr``            -
+policy             LSTM, action layer, head at     ``--checkpoint.init`` (the any-precision
+                   ``p_lr``; MobileNetV2 at        network, frozen with its BatchNorm
+                   ``p_b_lr``                      statistics), ``--checkpoint.teacher``,
+                                                   ``--checkpoint.policy_backbone``
+=================  ==============================  ===========================================
 
-(Stage 3, ImageNet-style pretraining of the policy's MobileNetV2, is plain classification.)
-
-The original ran its frozen parts in train mode, so their BatchNorm statistics kept moving and the
-step-2 teacher's dropout stayed on (notes §11.7). Here frozen parts run in eval mode unless
-``frozen_train_mode=True`` asks for the original's behaviour.
+The optimiser is SGD with momentum (the original's) or Adam, cosine-annealed per iteration. In
+stage policy the Gumbel temperature follows ``T_e = T_0 * decay^e`` after ``e`` epochs
+(:class:`TemperatureSchedule`, an ignite handler checkpointed with the run).
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
 import torch
+from ignite.engine import Engine, Events
 from torch import nn
 
-from videoiq.losses import (
-    balanced_loss,
-    classification_loss,
-    efficiency_codebook,
-    efficiency_loss,
-    kd_loss,
-    policy_entropy,
+from effvid.checkpoint import load_checked
+from effvid.data import build_dataset, worker_init_fn
+from effvid.engine import make_dataloader, run_trainer, setup_trainer
+from videoiq.build import (
+    KIND,
+    KIND_AP,
+    KIND_FP,
+    KIND_POLICY_BACKBONE,
+    build_any_precision,
+    build_policy_backbone,
+    build_teacher,
+    build_videoiq,
+    load_any_precision,
+    load_policy_backbone,
+    load_teacher,
+    read_stage_file,
 )
-from videoiq.model import AnyPrecisionResNet, FullPrecisionTeacher, VideoIQ
+from videoiq.config import OptimConfig, TrainConfig
+from videoiq.model import AnyPrecisionResNet
+from videoiq.policy import PrecisionPolicy
+from videoiq.steps import AnyPrecisionStep, FloatStep, PolicyStep
 
-__all__ = ["AnyPrecisionStep", "FloatStep", "PolicyStep"]
+__all__ = [
+    "AnyPrecisionStep",
+    "FloatStep",
+    "PolicyStep",
+    "Stage",
+    "TemperatureSchedule",
+    "any_precision_groups",
+    "make_optimizer",
+    "policy_groups",
+    "prepare_stage",
+    "train",
+]
 
-LOSS_TYPES = ("CE", "KD", "KD_CE")
-
-
-def _frozen(module: nn.Module) -> nn.Module:
-    for p in module.parameters():
-        p.requires_grad_(False)
-    return module
-
-
-class FloatStep(nn.Module):
-    """Stage 1: the float network with cross-entropy."""
-
-    def __init__(self, teacher: FullPrecisionTeacher) -> None:
-        super().__init__()
-        self.teacher = teacher
-
-    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        loss = classification_loss(self.teacher(batch["video"]), batch["label"])
-        return loss, {"ce": float(loss.detach())}
+_BN = re.compile(r"(^|\.)bn\d")  # the original's "bn" names: stem and block BNs, not the downsample ones
 
 
-class AnyPrecisionStep(nn.Module):
-    """Stage 2: every bit width of the family, largest first, on the same batch; the sum of the
-    per-bit losses (the original's one backward per bit before a single optimiser step).
+class TemperatureSchedule:
+    """The policy's Gumbel-softmax temperature per epoch: ``initial * rate ** epochs_done``.
 
-    ``loss_type`` (the original's ``--loss_type``): ``"CE"`` every bit width on the labels;
-    ``"KD_CE"`` CE plus ``kd_weight`` x KD to the float teacher's softmax for every bit width;
-    ``"KD"`` the largest bit width gets CE + KD, the others KD only. Without a teacher the
-    largest bit width's detached output is the KD target of the others (in-place distillation).
+    Set at every epoch start and end from the trainer's epoch count (the original multiplies in
+    place after each epoch), so a resumed run continues the schedule; its state is checkpointed
+    (``to_save_extra``) with the run.
     """
 
-    def __init__(
-        self,
-        model: AnyPrecisionResNet,
-        teacher: FullPrecisionTeacher | None = None,
-        *,
-        loss_type: str = "KD_CE",
-        kd_weight: float = 1.0,
-        frozen_train_mode: bool = False,
-    ) -> None:
-        super().__init__()
-        if loss_type not in LOSS_TYPES:
-            raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got '{loss_type}'")
-        self.model, self.loss_type, self.kd_weight = model, loss_type, kd_weight
-        self.teacher = _frozen(teacher) if teacher is not None else None
-        self.frozen_train_mode = frozen_train_mode
+    def __init__(self, policy: PrecisionPolicy, initial: float, rate: float) -> None:
+        self.policy, self.initial, self.rate = policy, float(initial), float(rate)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        video, label = batch["video"], batch["label"]
-        target = None
-        if self.teacher is not None and self.loss_type != "CE":
-            self.teacher.train(self.training and self.frozen_train_mode)
-            with torch.no_grad():
-                target = self.teacher(video)
-        total = video.new_zeros(())
-        logs: dict[str, float] = {}
-        try:
-            for idx, bits in enumerate(self.model.family):
-                out = self.model(video, bits)
-                ce = classification_loss(out, label)
-                if self.loss_type == "CE":
-                    loss = ce
-                elif idx == 0:
-                    loss = ce
-                    if target is None:
-                        target = out.detach()
-                    else:
-                        loss = loss + self.kd_weight * kd_loss(out, target)
-                else:
-                    kd = self.kd_weight * kd_loss(out, target)
-                    loss = kd if self.loss_type == "KD" else ce + kd
-                total = total + loss
-                logs[f"loss@{bits}"] = float(loss.detach())
-                logs[f"ce@{bits}"] = float(ce.detach())
-        finally:
-            self.model.set_bit_width(self.model.family[0])
-        return total, logs
+    def value(self, epochs_done: int) -> float:
+        return self.initial * self.rate**epochs_done
+
+    def _set(self, epochs_done: int) -> None:
+        self.policy.temperature.fill_(self.value(epochs_done))
+
+    def attach(self, trainer: Engine) -> None:
+        trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: self._set(e.state.epoch - 1))
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: self._set(e.state.epoch))
+
+    def state_dict(self) -> dict[str, float]:
+        return {"initial": self.initial, "rate": self.rate}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.initial, self.rate = float(state["initial"]), float(state["rate"])
 
 
-class PolicyStep(nn.Module):
-    """Stage 4: the policy learns on a frozen recognition network (its fc and clips included).
+def _per_bit(values: list[float], family: tuple[int, ...]) -> list[float]:
+    return values * len(family) if len(values) == 1 else list(values)
 
-    ``loss = CE + KD + policy_w CE(policy head) + balanced_w balanced + efficient_w efficiency +
-    entropy_w entropy`` (notes §2.4; README weights e.g. efficient_w 0.16, balanced_w 1). KD's
-    target is the float teacher when given, else the first precision choice's prediction on every
-    frame (the original's ``out_h``). Decisions are hard Gumbel samples at the policy's temperature
-    (decay it once per epoch). The balanced term's target is 1/A over all A actions; the original
-    used 1/(A-1) with ``--use_fp_as_bb`` (it forgot the float choice).
-    """
 
-    def __init__(
-        self,
-        model: VideoIQ,
-        teacher: FullPrecisionTeacher | None = None,
-        *,
-        loss_type: str = "KD_CE",
-        policy_w: float = 1.0,
-        balanced_w: float = 0.0,
-        efficient_w: float = 0.0,
-        entropy_w: float = 0.0,
-        frozen_train_mode: bool = False,
-    ) -> None:
-        super().__init__()
-        if loss_type not in LOSS_TYPES:
-            raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got '{loss_type}'")
-        self.model, self.loss_type = model, loss_type
-        _frozen(model.recognizer)
-        if model.float_branch is not None:
-            _frozen(model.float_branch)
-        self.teacher = _frozen(teacher) if teacher is not None else None
-        self.weights = {
-            "policy_ce": policy_w,
-            "balanced": balanced_w,
-            "efficiency": efficient_w,
-            "entropy": entropy_w,
-        }
-        self.frozen_train_mode = frozen_train_mode
-        self.register_buffer(
-            "codebook", efficiency_codebook(model.precision_bits, len(model.skip_list)), persistent=False
+def any_precision_groups(model: AnyPrecisionResNet, cfg: OptimConfig) -> list[dict[str, Any]]:
+    """The original's step-2 groups: the clips of each bit width at its ``q_lr`` / ``q_weight_decay``;
+    BatchNorms (stem and blocks; not the downsample BNs, whose names lack "bn") at ``lr``; the
+    rest - whose gradients sum over the bit widths - at ``lr / #bits``."""
+    family = model.family
+    q_lr, q_wd = _per_bit(cfg.q_lr, family), _per_bit(cfg.q_weight_decay, family)
+    clips: dict[int, list[nn.Parameter]] = {b: [] for b in family}
+    bns, shared = [], []
+    for name, p in model.named_parameters():
+        if ".clips." in name:
+            clips[int(name.rsplit(".", 1)[1])].append(p)
+        elif _BN.search(name):
+            bns.append(p)
+        else:
+            shared.append(p)
+    groups = [
+        {"params": shared, "lr": cfg.lr / len(family), "weight_decay": cfg.weight_decay, "name": "shared"},
+        {"params": bns, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "name": "bn"},
+    ]
+    groups += [
+        {"params": clips[b], "lr": q_lr[i], "weight_decay": q_wd[i], "name": f"clips@{b}"}
+        for i, b in enumerate(family)
+    ]
+    return groups
+
+
+def policy_groups(policy: PrecisionPolicy, cfg: OptimConfig) -> list[dict[str, Any]]:
+    """Stage 4: the LSTM, action layer and head at ``p_lr``; the MobileNetV2 at ``p_b_lr``."""
+    backbone = list(policy.backbone.parameters())
+    ids = {id(p) for p in backbone}
+    leaf = [p for p in policy.parameters() if id(p) not in ids]
+    return [
+        {"params": leaf, "lr": cfg.p_lr, "weight_decay": cfg.weight_decay, "name": "policy"},
+        {"params": backbone, "lr": cfg.p_b_lr, "weight_decay": cfg.weight_decay, "name": "policy_backbone"},
+    ]
+
+
+def make_optimizer(groups: list[dict[str, Any]], cfg: OptimConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+@dataclass
+class Stage:
+    """What one stage trains: its step module, the model its ``model.pt`` holds, and how."""
+
+    step: nn.Module
+    model: nn.Module
+    kind: str
+    groups: list[dict[str, Any]]
+    to_save_extra: dict[str, Any] = field(default_factory=dict)
+    attach: Callable[[Engine], None] | None = None
+
+
+def _say(message: str) -> None:
+    import ignite.distributed as idist
+
+    if idist.get_rank() == 0:
+        print(message)
+
+
+def prepare_stage(cfg: TrainConfig) -> Stage:
+    """Build ``cfg.stage``'s model, load what it takes from the previous stages (checked), and
+    the step module and optimiser groups that train it."""
+    m, ckpt = cfg.model, cfg.checkpoint
+
+    def whole(net: nn.Module) -> list[dict[str, Any]]:
+        return [
+            {"params": list(net.parameters()), "lr": cfg.optim.lr, "weight_decay": cfg.optim.weight_decay}
+        ]
+
+    if cfg.stage == "fp":
+        teacher = (
+            load_teacher(ckpt.init, m, "--checkpoint.init of stage fp") if ckpt.init else build_teacher(m)
         )
+        return Stage(FloatStep(teacher), teacher, KIND_FP, whole(teacher))
+    if cfg.stage == "policy_backbone":
+        net = build_policy_backbone(m)
+        if ckpt.init:
+            role = "--checkpoint.init of stage policy_backbone"
+            load_checked(
+                net, read_stage_file(ckpt.init, KIND_POLICY_BACKBONE, role).state_dict, source=ckpt.init
+            )
+        return Stage(FloatStep(net), net, KIND_POLICY_BACKBONE, whole(net))
+    loss = cfg.loss
+    if cfg.stage == "ap":
+        model = build_any_precision(m)
+        if ckpt.init:
+            start = load_teacher(ckpt.init, m, "--checkpoint.init of stage ap")
+            model = AnyPrecisionResNet.from_float(
+                start,
+                bit_width_family=m.bit_width_family,
+                q_init=m.q_init_value,
+                dropout=m.dropout,
+                mean_aligned=m.mean_aligned,
+            )
+        else:
+            _say("warning: stage ap without --checkpoint.init starts from random weights, not the fp stage's")
+        teacher_path = ckpt.teacher or ckpt.init
+        teacher = None
+        if loss.loss_type != "CE" and teacher_path:
+            teacher = load_teacher(teacher_path, m, "--checkpoint.teacher of stage ap")
+            _say(f"KD teacher: {teacher_path}")
+        elif loss.loss_type != "CE":
+            _say("no teacher: the largest bit width is the KD target of the others (in-place distillation)")
+        step = AnyPrecisionStep(
+            model,
+            teacher,
+            loss_type=loss.loss_type,
+            kd_weight=loss.kd_weight,
+            frozen_train_mode=loss.frozen_train_mode,
+        )
+        return Stage(step, model, KIND_AP, any_precision_groups(model, cfg.optim))
+    # policy: the any-precision network frozen, the policy trained on it
+    model = build_videoiq(m, temperature=cfg.optim.temperature)
+    load_any_precision(model.recognizer, ckpt.init, "--checkpoint.init of stage policy")  # type: ignore[arg-type]
+    teacher = load_teacher(ckpt.teacher, m, "--checkpoint.teacher of stage policy") if ckpt.teacher else None
+    if model.float_branch is not None:
+        assert teacher is not None
+        model.float_branch.load_state_dict(teacher.backbone.state_dict())
+    if ckpt.policy_backbone:
+        load_policy_backbone(
+            model.policy.backbone, ckpt.policy_backbone, m, "--checkpoint.policy_backbone of stage policy"
+        )
+    else:
+        _say("warning: no --checkpoint.policy_backbone: the policy's MobileNetV2 starts from random weights")
+    step = PolicyStep(
+        model,
+        teacher,
+        loss_type=loss.loss_type,
+        policy_w=loss.policy_w,
+        balanced_w=loss.balanced_w,
+        efficient_w=loss.efficient_w,
+        entropy_w=loss.entropy_w,
+        frozen_train_mode=loss.frozen_train_mode,
+    )
+    schedule = TemperatureSchedule(model.policy, cfg.optim.temperature, cfg.optim.temperature_decay)
+    return Stage(
+        step,
+        model,
+        KIND,
+        policy_groups(model.policy, cfg.optim),
+        to_save_extra={"temperature": schedule},
+        attach=schedule.attach,
+    )
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        video, label = batch["video"], batch["label"]
-        frozen_mode = self.training and self.frozen_train_mode
-        self.model.recognizer.train(frozen_mode)
-        if self.model.float_branch is not None:
-            self.model.float_branch.train(frozen_mode)
-        out = self.model(video)
-        terms: dict[str, torch.Tensor] = {}
-        if self.loss_type != "KD":
-            terms["ce"] = classification_loss(out.logits, label)
-        if self.loss_type != "CE":
-            with torch.no_grad():
-                if self.teacher is not None:
-                    self.teacher.train(frozen_mode)
-                    target = self.teacher(video)
-                else:
-                    rec, (b, t) = self.model.recognizer, video.shape[:2]
-                    top = rec.fc(rec.dropout(out.features[:, :, 0].flatten(0, 1)))
-                    target = top.view(b, t, -1).mean(dim=1)
-            terms["kd"] = kd_loss(out.logits, target)
-        if out.policy.class_logits is not None:
-            terms["policy_ce"] = classification_loss(out.policy.class_logits, label)
-        terms["balanced"] = balanced_loss(out.policy.decisions)
-        terms["efficiency"] = efficiency_loss(out.policy.decisions, self.codebook)
-        terms["entropy"] = policy_entropy(out.policy.log_probs)
-        loss = sum(self.weights.get(name, 1.0) * value for name, value in terms.items())
-        logs = {name: float(value.detach()) for name, value in terms.items()}
-        usage = out.policy.decisions.detach().float().mean(dim=(0, 1))
-        names = [f"{p}bit" if p != "float" else p for p in self.model.precisions]
-        names += [f"skip{s}" for s in self.model.skip_list]
-        logs.update({f"usage/{n}": float(u) for n, u in zip(names, usage)})
-        logs["temperature"] = float(self.model.policy.temperature)
-        return loss, logs
+
+def train(cfg: TrainConfig, run_dir: str | Path) -> Stage | None:
+    """Run ``cfg.stage`` into ``run_dir`` (resuming its checkpoints); returns the trained stage
+    (``.model``, ``.kind``), or None when ``run_dir`` already held the finished run."""
+    stage = prepare_stage(cfg)
+    dataset = build_dataset(cfg.data, num_classes=cfg.model.num_class, train=True)
+    optimizer = make_optimizer(stage.groups, cfg.optim)
+    loader = make_dataloader(
+        dataset,
+        batch_size=cfg.data.batch_size,
+        train=True,
+        seed=cfg.engine.seed,
+        num_workers=cfg.data.num_workers,
+        worker_init_fn=worker_init_fn,
+        drop_last=len(dataset) > cfg.data.batch_size,
+    )
+    epochs = cfg.engine.epochs
+    sched = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * len(loader))
+        if cfg.optim.cosine
+        else None
+    )
+    trainer = setup_trainer(
+        module=stage.step,
+        optimizer=optimizer,
+        cfg=cfg.engine,
+        run_dir=run_dir,
+        lr_scheduler=sched,
+        to_save_extra=stage.to_save_extra,
+    )
+    if stage.attach is not None:
+        stage.attach(trainer)
+    return stage if run_trainer(trainer, loader, epochs=epochs) else None
