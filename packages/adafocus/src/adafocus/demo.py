@@ -40,23 +40,9 @@ from effvid.metrics import HitAt1, VideoMAP
 from effvid.model_files import save_model
 from effvid.models import Backbone
 from effvid.plots import plot_results
-from effvid.reports import ResultRow, format_results, write_results
+from effvid.reports import ResultRow, StageClock, format_results, write_results
 
 __all__ = ["object_masks", "patch_coverage", "run_demo"]
-
-
-class _Clock:
-    """Elapsed time per stage, printed as it goes (the demo must stay within minutes)."""
-
-    def __init__(self) -> None:
-        self.start = self.last = time.perf_counter()
-        self.stages: dict[str, float] = {}
-
-    def lap(self, stage: str) -> None:
-        now = time.perf_counter()
-        self.stages[stage] = now - self.last
-        self.last = now
-        print(f"[{stage}: {self.stages[stage]:.0f} s; total {now - self.start:.0f} s]", flush=True)
 
 
 def object_masks(spec: SyntheticSpec, dataset: VideoClassificationDataset) -> list[np.ndarray]:
@@ -125,7 +111,7 @@ def _row(method: str, setting: str, result: Evaluation, **extra) -> ResultRow:
 
 
 def run_demo(cfg: DemoConfig, run_dir: Path) -> None:
-    clock = _Clock()
+    clock = StageClock()
     k = cfg.model.num_class
     spec = SyntheticSpec(storage=cfg.data.storage, num_videos=cfg.num_videos, num_classes=k, size=cfg.size)
     info = generate(cfg.root, spec, progress=True)

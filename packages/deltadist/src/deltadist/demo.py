@@ -32,23 +32,11 @@ from effvid.engine import resolve_device, seed_everything
 from effvid.io import atomic_write_json, atomic_write_text
 from effvid.model_files import save_model
 from effvid.plots import Point, plot_tradeoff
-from effvid.reports import ResultRow, write_results
+from effvid.reports import ResultRow, StageClock, write_results
 
 __all__ = ["run_demo"]
 
 METHOD = "Delta Distillation"
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.start = self.last = time.perf_counter()
-        self.stages: dict[str, float] = {}
-
-    def lap(self, stage: str) -> None:
-        now = time.perf_counter()
-        self.stages[stage] = now - self.last
-        self.last = now
-        print(f"[{stage}: {self.stages[stage]:.0f} s; total {now - self.start:.0f} s]", flush=True)
 
 
 def _row(
@@ -95,7 +83,7 @@ def _table(rows: list[ResultRow], teacher: ResultRow) -> str:
 
 
 def run_demo(cfg: DemoConfig, run_dir: Path) -> None:
-    clock = _Clock()
+    clock = StageClock()
     k = cfg.keyframe_interval
     spec = SyntheticSpec(
         task="segmentation",

@@ -27,7 +27,7 @@ from effvid.engine import EngineConfig, resolve_device, seed_everything
 from effvid.io import atomic_write_json, atomic_write_text
 from effvid.model_files import save_model
 from effvid.plots import Point, Series, plot_tradeoff
-from effvid.reports import ResultRow, write_results
+from effvid.reports import ResultRow, StageClock, write_results
 from videoiq.build import (
     build_any_precision,
     build_videoiq,
@@ -48,20 +48,6 @@ from videoiq.training import train
 __all__ = ["evidence_rates", "format_table", "run_demo"]
 
 METHOD = "VideoIQ"
-
-
-class _Clock:
-    """Elapsed time per stage, printed as it goes (the demo must stay within minutes)."""
-
-    def __init__(self) -> None:
-        self.start = self.last = time.perf_counter()
-        self.stages: dict[str, float] = {}
-
-    def lap(self, stage: str) -> None:
-        now = time.perf_counter()
-        self.stages[stage] = now - self.last
-        self.last = now
-        print(f"[{stage}: {self.stages[stage]:.0f} s; total {now - self.start:.0f} s]", flush=True)
 
 
 def evidence_rates(actions: list[list[str]], evidence: np.ndarray, top: str) -> dict[str, float]:
@@ -121,7 +107,7 @@ def _evidence(info_root: Path, dataset: VideoClassificationDataset) -> np.ndarra
 
 
 def run_demo(cfg: DemoConfig, run_dir: Path) -> None:
-    clock = _Clock()
+    clock = StageClock()
     k = cfg.model.num_class
     spec = SyntheticSpec(
         storage=cfg.data.storage,
