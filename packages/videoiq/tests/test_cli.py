@@ -12,6 +12,7 @@ import yaml
 from conftest import SPEC, write_config
 from original_reference import OrigResNetPACTAP, OrigResNetVideoIQ, randomise
 
+from effvid.cli import RunDirError
 from effvid.config import load_config
 from effvid.model_files import load_weights, read_model_file
 from effvid.reports import read_results
@@ -177,16 +178,14 @@ def test_demo_end_to_end_tiny(tmp_path, monkeypatch, capsys):
         for s in ("fp", "ap", "policy_backbone", "policy")
         for a in fast
     ]
-    fire.Fire(
-        DEMO,
-        command=[
-            "--root", "synth", "--data.storage", "frames", "--num_videos", str(spec["num_videos"]),
-            "--model.num_class", "3", "--model.width", "4", "--model.policy_hidden", "8",
-            "--data.num_frames", "4", "--data.batch_size", "4",
-            "--data.transform.resize", "32", "--data.transform.crop", "32",
-            *stages, "--efficient_ws", "[0.5]", "--output_dir", "run",
-        ],
-    )  # fmt: skip
+    command = [
+        "--root", "synth", "--data.storage", "frames", "--num_videos", str(spec["num_videos"]),
+        "--model.num_class", "3", "--model.width", "4", "--model.policy_hidden", "8",
+        "--data.num_frames", "4", "--data.batch_size", "4",
+        "--data.transform.resize", "32", "--data.transform.crop", "32",
+        *stages, "--efficient_ws", "[0.5]", "--output_dir", "run",
+    ]  # fmt: skip
+    fire.Fire(DEMO, command=command)
     out = capsys.readouterr().out
     assert "VideoIQ, efficient_w=0.5" in out and "any-precision, 2 bits" in out
     assert "evidence-free frames" in out and ("Target met" in out or "Target NOT met" in out)
@@ -209,3 +208,8 @@ def test_demo_end_to_end_tiny(tmp_path, monkeypatch, capsys):
     assert "Target" in (tmp_path / "run" / "results.txt").read_text()
     assert (tmp_path / "run" / "tradeoff.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "synth" / "meta.json").read_text())["spec"]["size"] == 32
+    # the stages of a run are reused by a rerun with the same settings, never by one with others
+    with pytest.raises(
+        RunDirError, match=r"run/fp holds a stage run with other settings \(optim.lr changed\)"
+    ):
+        fire.Fire(DEMO, command=[*command, "--optim.lr", "0.01"])

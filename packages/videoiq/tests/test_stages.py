@@ -222,3 +222,22 @@ def test_a_resumed_policy_run_continues_the_temperature(stages):
                  "--engine.epochs", "2"],
     )  # fmt: skip
     assert _state(first, "videoiq")["policy.temperature"].item() == pytest.approx(5.0 * 0.956**2)
+
+
+@pytest.mark.parametrize("stage", ["ap", "policy"])
+def test_stages_train_under_distributed_data_parallel(stages, capfd, stage):
+    """Two spawned gloo processes, one DDP group; frozen parts (teacher, recogniser) stay frozen."""
+    files, out = stages["files"], stages["root"] / f"ddp-{stage}"
+    paths = {
+        "ap": ["--checkpoint.init", str(files["fp"])],
+        "policy": ["--checkpoint.init", str(files["ap"]), "--checkpoint.teacher", str(files["fp"])],
+    }[stage]
+    ddp = ["--engine.backend", "gloo", "--engine.nproc_per_node", "2", "--engine.device", "cpu"]
+    fire.Fire(
+        TRAIN, command=[*stages["cfg"], "--stage", stage, *paths, *ddp, "--output_dir", str(out), *ENGINE]
+    )
+    assert "trained on 2 process(es)" in capfd.readouterr().out
+    state = _state(out / "model.pt", "videoiq-ap" if stage == "ap" else "videoiq")
+    if stage == "policy":
+        ap = _state(files["ap"], "videoiq-ap")
+        assert all(torch.equal(state[f"recognizer.{k}"], v) for k, v in ap.items())

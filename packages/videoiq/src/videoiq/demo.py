@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from effvid.cli import RESUME_SAFE, RunDirError, changed_keys
 from effvid.config import config_to_yaml
 from effvid.data import SyntheticSpec, VideoClassificationDataset, build_dataset, generate
 from effvid.engine import EngineConfig, resolve_device, seed_everything
@@ -143,7 +144,7 @@ def run_demo(cfg: DemoConfig, run_dir: Path) -> None:
     clock.lap("data")
 
     def stage(name: str, engine: EngineConfig, folder: str, loss: LossConfig = cfg.loss, **paths: str) -> str:
-        """Train one stage into run_dir/folder (a finished run there is reused); its model.pt."""
+        """Train one stage into run_dir/folder; a finished run of the same settings there is reused."""
         tcfg = TrainConfig(
             stage=name,
             data=data,
@@ -154,12 +155,21 @@ def run_demo(cfg: DemoConfig, run_dir: Path) -> None:
             engine=engine,
             output_dir=str(run_dir / folder),
         )
+        text = config_to_yaml(tcfg)
+        previous = run_dir / folder / "config.yaml"
+        changed = changed_keys(previous.read_text(), text, ignore=RESUME_SAFE) if previous.is_file() else []
+        if changed:
+            raise RunDirError(
+                f"{run_dir / folder} holds a stage run with other settings ({', '.join(changed)} changed); "
+                "choose another --output_dir"
+            )
+        atomic_write_text(previous, text)
         print(f"stage {name} ({folder}): {engine.epochs} epoch(s)", flush=True)
         seed_everything(engine.seed, deterministic=engine.deterministic)  # before the model's init
         trained = train(tcfg, run_dir / folder)
         path = run_dir / folder / "model.pt"
         if trained is not None:
-            save_model(trained.model, path, kind=trained.kind, config=config_to_yaml(tcfg))
+            save_model(trained.model, path, kind=trained.kind, config=text)
         clock.lap(f"stage {name} ({folder})")
         return str(path)
 
