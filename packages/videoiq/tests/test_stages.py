@@ -146,6 +146,9 @@ def test_bit_width_family_and_policy_size_must_fit_the_files(stages):
     ]
     with pytest.raises(ModelFileError, match=r"policy_input_size 32; this model has 48"):
         prepare_stage(_config(stages, *base, *bigger, "--checkpoint.policy_backbone", str(files["pb"])))
+    other = ["--model.policy_arch", "tiny_cnn", "--checkpoint.policy_backbone", str(files["pb"])]
+    with pytest.raises(ModelFileError, match=r"model.policy_arch mobilenet_v2; this model has tiny_cnn"):
+        prepare_stage(_config(stages, *base, *other))
 
 
 @pytest.mark.parametrize(
@@ -182,7 +185,7 @@ def test_optimiser_groups_are_the_original_s():
         "backbone.layer1.0.bn2.bns.2.bias",
     }
     assert sum(len(g["params"]) for g in groups.values()) == len(names)
-    policy = PrecisionPolicy(num_bits=3, num_classes=3, hidden=8, width_mult=0.25)
+    policy = PrecisionPolicy(num_bits=3, num_classes=3, hidden=8, width=0.25)
     leaf, backbone = policy_groups(policy, OptimConfig(p_lr=0.1, p_b_lr=0.001))
     assert (leaf["lr"], backbone["lr"]) == (0.1, 0.001)
     assert {id(p) for p in leaf["params"]} == {
@@ -191,7 +194,7 @@ def test_optimiser_groups_are_the_original_s():
 
 
 def test_temperature_schedule_per_epoch_and_on_resume():
-    policy = PrecisionPolicy(num_bits=2, hidden=8, width_mult=0.25)
+    policy = PrecisionPolicy(num_bits=2, hidden=8, width=0.25)
     seen = []
     trainer = Engine(lambda e, b: seen.append((e.state.epoch, float(policy.temperature))))
     schedule = TemperatureSchedule(policy, 5.0, 0.5)

@@ -78,7 +78,8 @@ def build_policy_backbone(cfg: ModelConfig) -> PolicyBackboneClassifier:
     return PolicyBackboneClassifier(
         num_classes=cfg.num_class,
         input_size=cfg.policy_input_size,
-        width_mult=cfg.policy_width_mult,
+        backbone=cfg.policy_arch,
+        width=cfg.policy_width,
         dropout=cfg.dropout,
     )
 
@@ -135,7 +136,7 @@ def fit_family(
 def _check_policy_fit(file: ModelFile, cfg: ModelConfig, path: str) -> None:
     """A policy backbone pretrained at another input size or width does not serve this policy."""
     trained = (yaml.safe_load(file.config) or {}).get("model", {})
-    for key in ("policy_input_size", "policy_width_mult"):
+    for key in ("policy_input_size", "policy_arch", "policy_width"):
         if key in trained and trained[key] != getattr(cfg, key):
             raise ModelFileError(
                 f"{path}: the policy backbone was trained with model.{key} {trained[key]}; "

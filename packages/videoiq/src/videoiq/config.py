@@ -15,6 +15,7 @@ from effvid.config import MISSING, RunConfig, check_choice, option
 from effvid.data import DataConfig, TransformConfig
 from effvid.engine import EngineConfig, RuntimeConfig
 from videoiq.model import RESNETS
+from videoiq.policy import POLICY_BACKBONES
 from videoiq.quant import check_family
 
 __all__ = [
@@ -72,7 +73,13 @@ class ModelConfig:
     )
     policy_head: bool = option(False, "the policy's classification head (the original's --is_policy_pred)")
     policy_input_size: int = option(84, "side of the frames the policy sees (bilinear resize)")
-    policy_width_mult: float = option(1.0, "MobileNetV2 width multiplier of the policy")
+    policy_arch: str = option(
+        "mobilenet_v2",
+        "the policy's frame network: mobilenet_v2 (the original's) | tiny_cnn (trains fast on a CPU)",
+    )
+    policy_width: float = option(
+        1.0, "its width multiplier (mobilenet_v2: width_mult; tiny_cnn: 16 x this channels)"
+    )
     policy_hidden: int = option(512, "LSTM width of the policy")
     policy_dropout: float = option(0.8, "dropout on the policy's frame features")
 
@@ -99,7 +106,8 @@ class ModelConfig:
         for key in ("dropout", "policy_dropout"):
             if not 0.0 <= getattr(self, key) < 1.0:
                 raise ValueError(f"model.{key} must be in [0, 1); got {getattr(self, key)}")
-        _finite("model.policy_width_mult", self.policy_width_mult, positive=True)
+        check_choice("model.policy_arch", self.policy_arch, POLICY_BACKBONES)
+        _finite("model.policy_width", self.policy_width, positive=True)
 
     @property
     def backbone_kwargs(self) -> dict:
@@ -113,7 +121,8 @@ class ModelConfig:
     def policy_kwargs(self) -> dict:
         return {
             "input_size": self.policy_input_size,
-            "width_mult": self.policy_width_mult,
+            "backbone": self.policy_arch,
+            "width": self.policy_width,
             "hidden": self.policy_hidden,
             "dropout": self.policy_dropout,
         }
@@ -300,7 +309,7 @@ def _demo_model() -> ModelConfig:
         num_class=6,
         dropout=0.2,
         policy_input_size=32,
-        policy_width_mult=0.25,
+        policy_width=0.25,
         policy_hidden=64,
         policy_dropout=0.2,
     )
