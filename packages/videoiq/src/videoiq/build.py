@@ -85,23 +85,19 @@ def build_policy_backbone(cfg: ModelConfig) -> PolicyBackboneClassifier:
 
 
 def build_videoiq(cfg: ModelConfig, *, temperature: float | None = None) -> VideoIQ:
-    model = VideoIQ(
+    return VideoIQ(
         arch=cfg.arch,
         num_classes=cfg.num_class,
         bit_width_family=cfg.bit_width_family,
         skip_list=cfg.skip_list,
         q_init=cfg.q_init_value,
         dropout=cfg.dropout,
+        mean_aligned=cfg.mean_aligned,
         policy_head=cfg.policy_head,
         float_branch=cfg.float_branch,
         backbone_kwargs=cfg.backbone_kwargs,
         policy_kwargs={**cfg.policy_kwargs, **({"temperature": temperature} if temperature else {})},
     )
-    if cfg.mean_aligned:
-        for m in model.recognizer.modules():
-            if hasattr(m, "mean_aligned"):
-                m.mean_aligned = True
-    return model
 
 
 def read_stage_file(path: str, kind: str, role: str) -> ModelFile:

@@ -307,9 +307,11 @@ def _demo_model() -> ModelConfig:
         arch="resnet18",
         width=16,
         num_class=6,
+        q_init=[8.0],
         dropout=0.2,
         policy_input_size=32,
-        policy_width=0.25,
+        policy_arch="tiny_cnn",
+        policy_width=0.5,
         policy_hidden=64,
         policy_dropout=0.2,
     )
@@ -317,8 +319,18 @@ def _demo_model() -> ModelConfig:
 
 def _demo_optim() -> OptimConfig:
     return OptimConfig(
-        optimizer="adam", lr=2e-3, weight_decay=0.0, q_lr=[2e-3], q_weight_decay=[0.0], p_lr=5e-3, p_b_lr=1e-3
+        optimizer="adam",
+        lr=2e-3,
+        weight_decay=5e-4,
+        q_lr=[0.02],
+        q_weight_decay=[0.0],
+        p_lr=0.01,
+        p_b_lr=1e-3,
     )
+
+
+def _demo_loss() -> LossConfig:
+    return LossConfig(balanced_w=0.5, entropy_w=0.0)
 
 
 def _epochs(n: int) -> Callable[[], EngineConfig]:
@@ -330,26 +342,26 @@ class DemoConfig(RunConfig):
     root: str = option(
         "data/synthetic-videoiq", "where the synthetic benchmark is generated (reused if present)"
     )
-    num_videos: int = option(480, "videos generated")
-    val_fraction: float = option(0.3, "share of the videos held out for evaluation")
+    num_videos: int = option(840, "videos generated")
+    val_fraction: float = option(0.4, "share of the videos held out for evaluation")
     data: DataConfig = option(
         doc="data options (data.storage: the generated benchmark's storage; its paths are set by the demo)",
         default_factory=_demo_data,
     )
     model: ModelConfig = option(doc="model", default_factory=_demo_model)
     loss: LossConfig = option(
-        doc="loss terms (loss.efficient_w: see efficient_ws)", default_factory=LossConfig
+        doc="loss terms (loss.efficient_w: see efficient_ws)", default_factory=_demo_loss
     )
     optim: OptimConfig = option(
         doc="optimiser and learning rates of every stage", default_factory=_demo_optim
     )
-    fp: EngineConfig = option(doc="stage fp", default_factory=_epochs(10))
-    ap: EngineConfig = option(doc="stage ap", default_factory=_epochs(4))
-    policy_backbone: EngineConfig = option(doc="stage policy_backbone", default_factory=_epochs(5))
-    policy: EngineConfig = option(doc="stage policy (once per efficiency weight)", default_factory=_epochs(5))
+    fp: EngineConfig = option(doc="stage fp", default_factory=_epochs(20))
+    ap: EngineConfig = option(doc="stage ap", default_factory=_epochs(6))
+    policy_backbone: EngineConfig = option(doc="stage policy_backbone", default_factory=_epochs(15))
+    policy: EngineConfig = option(doc="stage policy (once per efficiency weight)", default_factory=_epochs(6))
     efficient_ws: list[float] = option(
         doc="efficiency weights of the policies trained (the trade-off sweep)",
-        default_factory=lambda: [0.1, 0.5],
+        default_factory=lambda: [2.0, 4.0],
     )
 
     def __post_init__(self) -> None:
