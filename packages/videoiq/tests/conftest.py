@@ -31,7 +31,7 @@ def write_config(path: Path, info, storage: str = "lmdb") -> Path:
             "width": 4,
             "num_class": 3,
             "policy_input_size": 32,
-            "policy_width_mult": 0.25,
+            "policy_width": 0.25,
             "policy_hidden": 8,
         },
     }

@@ -12,6 +12,7 @@ import yaml
 from conftest import SPEC, write_config
 from original_reference import OrigResNetPACTAP, OrigResNetVideoIQ, randomise
 
+from effvid.cli import RunDirError
 from effvid.config import load_config
 from effvid.model_files import load_weights, read_model_file
 from effvid.reports import read_results
@@ -94,7 +95,7 @@ def test_convert_an_original_checkpoint_and_test_it_both_ways(stages, tmp_path):
         ]
     )
     assert read_model_file(dst, kind="videoiq").state_dict and read_model_file(teacher, kind="videoiq-fp")
-    model = ["--model.width", "64", "--model.policy_width_mult", "1.0", "--model.policy_hidden", "512"]
+    model = ["--model.width", "64", "--model.policy_width", "1.0", "--model.policy_hidden", "512"]
     args = [*ORIGINAL_MODEL, *model]
     _, ours, _ = _test(stages, "lmdb", tmp_path / "ours", "--checkpoint.init", str(dst), *args)
     _, theirs, _ = _test(
@@ -128,7 +129,7 @@ def test_convert_a_step2_checkpoint_feeds_stage_policy(stages, tmp_path):
         "checkpoint.teacher": str(fp),
         "model.width": 64,
     }
-    overrides.update({"model.num_class": 3, "model.policy_width_mult": 1.0})
+    overrides.update({"model.num_class": 3, "model.policy_width": 1.0})
     stage = prepare_stage(load_config(TrainConfig, stages["cfg"], overrides))
     converted = read_model_file(ap, kind="videoiq-ap").state_dict
     assert all(torch.equal(v, converted[k]) for k, v in stage.model.recognizer.state_dict().items())
@@ -177,16 +178,14 @@ def test_demo_end_to_end_tiny(tmp_path, monkeypatch, capsys):
         for s in ("fp", "ap", "policy_backbone", "policy")
         for a in fast
     ]
-    fire.Fire(
-        DEMO,
-        command=[
-            "--root", "synth", "--data.storage", "frames", "--num_videos", str(spec["num_videos"]),
-            "--model.num_class", "3", "--model.width", "4", "--model.policy_hidden", "8",
-            "--data.num_frames", "4", "--data.batch_size", "4",
-            "--data.transform.resize", "32", "--data.transform.crop", "32",
-            *stages, "--efficient_ws", "[0.5]", "--output_dir", "run",
-        ],
-    )  # fmt: skip
+    command = [
+        "--root", "synth", "--data.storage", "frames", "--num_videos", str(spec["num_videos"]),
+        "--model.num_class", "3", "--model.width", "4", "--model.policy_hidden", "8",
+        "--data.num_frames", "4", "--data.batch_size", "4",
+        "--data.transform.resize", "32", "--data.transform.crop", "32",
+        *stages, "--efficient_ws", "[0.5]", "--output_dir", "run",
+    ]  # fmt: skip
+    fire.Fire(DEMO, command=command)
     out = capsys.readouterr().out
     assert "VideoIQ, efficient_w=0.5" in out and "any-precision, 2 bits" in out
     assert "evidence-free frames" in out and ("Target met" in out or "Target NOT met" in out)
@@ -205,7 +204,33 @@ def test_demo_end_to_end_tiny(tmp_path, monkeypatch, capsys):
         < rows[1].extra["gbitops_per_video"]
         == rows[0].extra["gbitops_per_video"]
     )
-    assert "evidence_free_skip_or_low" in rows[-1].extra
+    assert {"evidence_free_skip_or_lowest", "evidence_relative_cost"} <= set(rows[-1].extra)
     assert "Target" in (tmp_path / "run" / "results.txt").read_text()
     assert (tmp_path / "run" / "tradeoff.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "synth" / "meta.json").read_text())["spec"]["size"] == 32
+    # the stages of a run are reused by a rerun with the same settings, never by one with others
+    with pytest.raises(
+        RunDirError, match=r"run/fp holds a stage run with other settings \(optim.lr changed\)"
+    ):
+        fire.Fire(DEMO, command=[*command, "--optim.lr", "0.01"])
+
+
+def test_evidence_rates_by_frame_group():
+    import numpy as np
+
+    from videoiq.demo import evidence_rates
+
+    actions = [["skip1", "2bit", "4bit", "32bit"], ["2bit", "32bit", "skip1", "4bit"]]
+    evidence = np.array([[False, False, True, True], [False, True, False, True]])
+    costs = {"32bit": 1.0, "4bit": 0.25, "2bit": 1 / 16, "skip1": 0.0}
+    r = evidence_rates(actions, evidence, lowest="2bit", costs=costs)
+    assert (r["evidence_free_frames"], r["evidence_frames"]) == (4, 4)
+    assert (r["evidence_free_skip"], r["evidence_free_lowest_bits"], r["evidence_free_skip_or_lowest"]) == (
+        0.5,
+        0.5,
+        1.0,
+    )
+    assert r["evidence_skip_or_lowest"] == 0.0
+    assert r["evidence_free_relative_cost"] == pytest.approx(1 / 32) and r[
+        "evidence_relative_cost"
+    ] == pytest.approx(2.5 / 4)

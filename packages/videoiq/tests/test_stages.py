@@ -146,6 +146,9 @@ def test_bit_width_family_and_policy_size_must_fit_the_files(stages):
     ]
     with pytest.raises(ModelFileError, match=r"policy_input_size 32; this model has 48"):
         prepare_stage(_config(stages, *base, *bigger, "--checkpoint.policy_backbone", str(files["pb"])))
+    other = ["--model.policy_arch", "tiny_cnn", "--checkpoint.policy_backbone", str(files["pb"])]
+    with pytest.raises(ModelFileError, match=r"model.policy_arch mobilenet_v2; this model has tiny_cnn"):
+        prepare_stage(_config(stages, *base, *other))
 
 
 @pytest.mark.parametrize(
@@ -182,7 +185,7 @@ def test_optimiser_groups_are_the_original_s():
         "backbone.layer1.0.bn2.bns.2.bias",
     }
     assert sum(len(g["params"]) for g in groups.values()) == len(names)
-    policy = PrecisionPolicy(num_bits=3, num_classes=3, hidden=8, width_mult=0.25)
+    policy = PrecisionPolicy(num_bits=3, num_classes=3, hidden=8, width=0.25)
     leaf, backbone = policy_groups(policy, OptimConfig(p_lr=0.1, p_b_lr=0.001))
     assert (leaf["lr"], backbone["lr"]) == (0.1, 0.001)
     assert {id(p) for p in leaf["params"]} == {
@@ -191,7 +194,7 @@ def test_optimiser_groups_are_the_original_s():
 
 
 def test_temperature_schedule_per_epoch_and_on_resume():
-    policy = PrecisionPolicy(num_bits=2, hidden=8, width_mult=0.25)
+    policy = PrecisionPolicy(num_bits=2, hidden=8, width=0.25)
     seen = []
     trainer = Engine(lambda e, b: seen.append((e.state.epoch, float(policy.temperature))))
     schedule = TemperatureSchedule(policy, 5.0, 0.5)
@@ -222,3 +225,22 @@ def test_a_resumed_policy_run_continues_the_temperature(stages):
                  "--engine.epochs", "2"],
     )  # fmt: skip
     assert _state(first, "videoiq")["policy.temperature"].item() == pytest.approx(5.0 * 0.956**2)
+
+
+@pytest.mark.parametrize("stage", ["ap", "policy"])
+def test_stages_train_under_distributed_data_parallel(stages, capfd, stage):
+    """Two spawned gloo processes, one DDP group; frozen parts (teacher, recogniser) stay frozen."""
+    files, out = stages["files"], stages["root"] / f"ddp-{stage}"
+    paths = {
+        "ap": ["--checkpoint.init", str(files["fp"])],
+        "policy": ["--checkpoint.init", str(files["ap"]), "--checkpoint.teacher", str(files["fp"])],
+    }[stage]
+    ddp = ["--engine.backend", "gloo", "--engine.nproc_per_node", "2", "--engine.device", "cpu"]
+    fire.Fire(
+        TRAIN, command=[*stages["cfg"], "--stage", stage, *paths, *ddp, "--output_dir", str(out), *ENGINE]
+    )
+    assert "trained on 2 process(es)" in capfd.readouterr().out
+    state = _state(out / "model.pt", "videoiq-ap" if stage == "ap" else "videoiq")
+    if stage == "policy":
+        ap = _state(files["ap"], "videoiq-ap")
+        assert all(torch.equal(state[f"recognizer.{k}"], v) for k, v in ap.items())

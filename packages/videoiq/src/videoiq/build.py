@@ -78,29 +78,26 @@ def build_policy_backbone(cfg: ModelConfig) -> PolicyBackboneClassifier:
     return PolicyBackboneClassifier(
         num_classes=cfg.num_class,
         input_size=cfg.policy_input_size,
-        width_mult=cfg.policy_width_mult,
+        backbone=cfg.policy_arch,
+        width=cfg.policy_width,
         dropout=cfg.dropout,
     )
 
 
 def build_videoiq(cfg: ModelConfig, *, temperature: float | None = None) -> VideoIQ:
-    model = VideoIQ(
+    return VideoIQ(
         arch=cfg.arch,
         num_classes=cfg.num_class,
         bit_width_family=cfg.bit_width_family,
         skip_list=cfg.skip_list,
         q_init=cfg.q_init_value,
         dropout=cfg.dropout,
+        mean_aligned=cfg.mean_aligned,
         policy_head=cfg.policy_head,
         float_branch=cfg.float_branch,
         backbone_kwargs=cfg.backbone_kwargs,
         policy_kwargs={**cfg.policy_kwargs, **({"temperature": temperature} if temperature else {})},
     )
-    if cfg.mean_aligned:
-        for m in model.recognizer.modules():
-            if hasattr(m, "mean_aligned"):
-                m.mean_aligned = True
-    return model
 
 
 def read_stage_file(path: str, kind: str, role: str) -> ModelFile:
@@ -135,7 +132,7 @@ def fit_family(
 def _check_policy_fit(file: ModelFile, cfg: ModelConfig, path: str) -> None:
     """A policy backbone pretrained at another input size or width does not serve this policy."""
     trained = (yaml.safe_load(file.config) or {}).get("model", {})
-    for key in ("policy_input_size", "policy_width_mult"):
+    for key in ("policy_input_size", "policy_arch", "policy_width"):
         if key in trained and trained[key] != getattr(cfg, key):
             raise ModelFileError(
                 f"{path}: the policy backbone was trained with model.{key} {trained[key]}; "

@@ -15,6 +15,7 @@ from effvid.config import MISSING, RunConfig, check_choice, option
 from effvid.data import DataConfig, TransformConfig
 from effvid.engine import EngineConfig, RuntimeConfig
 from videoiq.model import RESNETS
+from videoiq.policy import POLICY_BACKBONES
 from videoiq.quant import check_family
 
 __all__ = [
@@ -72,7 +73,13 @@ class ModelConfig:
     )
     policy_head: bool = option(False, "the policy's classification head (the original's --is_policy_pred)")
     policy_input_size: int = option(84, "side of the frames the policy sees (bilinear resize)")
-    policy_width_mult: float = option(1.0, "MobileNetV2 width multiplier of the policy")
+    policy_arch: str = option(
+        "mobilenet_v2",
+        "the policy's frame network: mobilenet_v2 (the original's) | tiny_cnn (trains fast on a CPU)",
+    )
+    policy_width: float = option(
+        1.0, "its width multiplier (mobilenet_v2: width_mult; tiny_cnn: 16 x this channels)"
+    )
     policy_hidden: int = option(512, "LSTM width of the policy")
     policy_dropout: float = option(0.8, "dropout on the policy's frame features")
 
@@ -99,7 +106,8 @@ class ModelConfig:
         for key in ("dropout", "policy_dropout"):
             if not 0.0 <= getattr(self, key) < 1.0:
                 raise ValueError(f"model.{key} must be in [0, 1); got {getattr(self, key)}")
-        _finite("model.policy_width_mult", self.policy_width_mult, positive=True)
+        check_choice("model.policy_arch", self.policy_arch, POLICY_BACKBONES)
+        _finite("model.policy_width", self.policy_width, positive=True)
 
     @property
     def backbone_kwargs(self) -> dict:
@@ -113,7 +121,8 @@ class ModelConfig:
     def policy_kwargs(self) -> dict:
         return {
             "input_size": self.policy_input_size,
-            "width_mult": self.policy_width_mult,
+            "backbone": self.policy_arch,
+            "width": self.policy_width,
             "hidden": self.policy_hidden,
             "dropout": self.policy_dropout,
         }
@@ -298,9 +307,11 @@ def _demo_model() -> ModelConfig:
         arch="resnet18",
         width=16,
         num_class=6,
+        q_init=[8.0],
         dropout=0.2,
         policy_input_size=32,
-        policy_width_mult=0.25,
+        policy_arch="tiny_cnn",
+        policy_width=0.5,
         policy_hidden=64,
         policy_dropout=0.2,
     )
@@ -308,8 +319,18 @@ def _demo_model() -> ModelConfig:
 
 def _demo_optim() -> OptimConfig:
     return OptimConfig(
-        optimizer="adam", lr=2e-3, weight_decay=0.0, q_lr=[2e-3], q_weight_decay=[0.0], p_lr=5e-3, p_b_lr=1e-3
+        optimizer="adam",
+        lr=2e-3,
+        weight_decay=5e-4,
+        q_lr=[0.02],
+        q_weight_decay=[0.0],
+        p_lr=0.01,
+        p_b_lr=1e-3,
     )
+
+
+def _demo_loss() -> LossConfig:
+    return LossConfig(balanced_w=0.5, entropy_w=0.0)
 
 
 def _epochs(n: int) -> Callable[[], EngineConfig]:
@@ -321,26 +342,26 @@ class DemoConfig(RunConfig):
     root: str = option(
         "data/synthetic-videoiq", "where the synthetic benchmark is generated (reused if present)"
     )
-    num_videos: int = option(480, "videos generated")
-    val_fraction: float = option(0.3, "share of the videos held out for evaluation")
+    num_videos: int = option(840, "videos generated")
+    val_fraction: float = option(0.4, "share of the videos held out for evaluation")
     data: DataConfig = option(
         doc="data options (data.storage: the generated benchmark's storage; its paths are set by the demo)",
         default_factory=_demo_data,
     )
     model: ModelConfig = option(doc="model", default_factory=_demo_model)
     loss: LossConfig = option(
-        doc="loss terms (loss.efficient_w: see efficient_ws)", default_factory=LossConfig
+        doc="loss terms (loss.efficient_w: see efficient_ws)", default_factory=_demo_loss
     )
     optim: OptimConfig = option(
         doc="optimiser and learning rates of every stage", default_factory=_demo_optim
     )
-    fp: EngineConfig = option(doc="stage fp", default_factory=_epochs(10))
-    ap: EngineConfig = option(doc="stage ap", default_factory=_epochs(4))
-    policy_backbone: EngineConfig = option(doc="stage policy_backbone", default_factory=_epochs(5))
-    policy: EngineConfig = option(doc="stage policy (once per efficiency weight)", default_factory=_epochs(5))
+    fp: EngineConfig = option(doc="stage fp", default_factory=_epochs(20))
+    ap: EngineConfig = option(doc="stage ap", default_factory=_epochs(6))
+    policy_backbone: EngineConfig = option(doc="stage policy_backbone", default_factory=_epochs(15))
+    policy: EngineConfig = option(doc="stage policy (once per efficiency weight)", default_factory=_epochs(6))
     efficient_ws: list[float] = option(
         doc="efficiency weights of the policies trained (the trade-off sweep)",
-        default_factory=lambda: [0.1, 0.5],
+        default_factory=lambda: [2.0, 4.0],
     )
 
     def __post_init__(self) -> None:

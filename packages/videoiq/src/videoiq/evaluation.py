@@ -101,13 +101,14 @@ def cached_batches(dataset: torch.utils.data.Dataset, *, batch_size: int) -> lis
 def formula_constants(
     model: VideoIQ, frame_shape: Sequence[int], num_frames: int, costs: UnitCosts | None = None
 ) -> PaperConstants:
-    """The paper's constants when the setting is the paper's (a 64-wide R-18/R-50, 16 frames at
-    224x224), else the same constants measured for this model and input (``costs``: its unit
+    """The paper's constants when the setting is the paper's (a 64-wide R-18/R-50, the policy's
+    MobileNetV2 at 84x84, 16 frames at 224x224), else the same constants measured for this model and input (``costs``: its unit
     costs, if already measured)."""
-    rec = model.recognizer
+    rec, policy = model.recognizer, model.policy
     if (
         rec.arch in PAPER_BACKBONE_GFLOPS
         and not rec.backbone_kwargs
+        and (policy.arch, policy.width, policy.input_size) == ("mobilenet_v2", 1.0, 84)
         and tuple(frame_shape) == (3, 224, 224)
         and num_frames == 16
     ):

@@ -233,7 +233,7 @@ class VideoIQ(nn.Module):
     straight-through one-hot). :mod:`videoiq.inference` runs only what was chosen.
 
     Args:
-        arch, num_classes, bit_width_family, q_init, dropout: see :class:`AnyPrecisionResNet`.
+        arch, num_classes, bit_width_family, q_init, dropout, mean_aligned: see :class:`AnyPrecisionResNet`.
         skip_list: the policy's skip options.
         policy_head: add the policy's classification head (``--is_policy_pred``).
         float_branch: add the float trunk as the first precision choice.
@@ -250,6 +250,7 @@ class VideoIQ(nn.Module):
         skip_list: Sequence[int] = (1,),
         q_init: float | Sequence[float] = 2.0,
         dropout: float = 0.5,
+        mean_aligned: bool = False,
         policy_head: bool = False,
         float_branch: bool = False,
         backbone_kwargs: dict | None = None,
@@ -262,6 +263,7 @@ class VideoIQ(nn.Module):
             bit_width_family=bit_width_family,
             q_init=q_init,
             dropout=dropout,
+            mean_aligned=mean_aligned,
             backbone_kwargs=backbone_kwargs,
         )
         self.float_branch = (

@@ -25,13 +25,27 @@ from torch import nn
 from effvid.models import get_backbone, replace_modules
 from videoiq.quant import QConv2d
 
-__all__ = ["PolicyBackboneClassifier", "PolicyOutput", "PrecisionPolicy", "policy_backbone"]
+__all__ = [
+    "POLICY_BACKBONES",
+    "PolicyBackboneClassifier",
+    "PolicyOutput",
+    "PrecisionPolicy",
+    "policy_backbone",
+]
 
 
-def policy_backbone(width_mult: float = 1.0) -> nn.Module:
-    """The policy's MobileNetV2 (effvid registry, ``width_mult`` as torchvision's): its first and
-    last convs DoReFa-normalised at 32 bits, as in the original."""
-    backbone = get_backbone("mobilenet_v2", width_mult=width_mult)
+POLICY_BACKBONES = ("mobilenet_v2", "tiny_cnn")
+
+
+def policy_backbone(arch: str = "mobilenet_v2", width: float = 1.0) -> nn.Module:
+    """The policy's frame network from the effvid registry: the original's MobileNetV2 (``width``
+    is torchvision's ``width_mult``; first and last convs DoReFa-normalised at 32 bits, as in the
+    original), or ``tiny_cnn`` (``16 * width`` channels), which trains in minutes on a CPU."""
+    if arch == "tiny_cnn":
+        return get_backbone("tiny_cnn", width=max(1, round(16 * width)))
+    if arch != "mobilenet_v2":
+        raise ValueError(f"the policy's backbone is one of {', '.join(POLICY_BACKBONES)}, got '{arch}'")
+    backbone = get_backbone("mobilenet_v2", width_mult=width)
     last = f"features.{len(backbone.features) - 1}.0"
     replace_modules(backbone, ["features.0.0", last], lambda _n, conv: QConv2d.from_conv(conv, (32,)))
     return backbone
@@ -59,7 +73,7 @@ class PrecisionPolicy(nn.Module):
     """Per-frame choice of a bit width or a skip (``policynet.MobileNetV2`` of the original).
 
     MobileNetV2 (effvid registry; its first and last convs DoReFa-normalised at 32 bits, as in
-    the original) on each frame resized to ``input_size``, average pool, dropout, an LSTMCell
+    the original; or another :func:`policy_backbone`) on each frame resized to ``input_size``, average pool, dropout, an LSTMCell
     unrolled over time, ``Linear(hidden, #bits + #skips)``. A skip option ``s`` skips ``s``
     frames, the current one included: the frames it forces copy the hidden state, decision and
     log-probabilities of the frame that chose it (the LSTM cell state still advances).
@@ -69,7 +83,8 @@ class PrecisionPolicy(nn.Module):
         skip_list: frames skipped by each skip option (``(1,)``; ``()``: no skip).
         num_classes: size of the optional classification head on the mean hidden state.
         hidden, dropout, input_size, temperature: 512, 0.8, 84, 5.0 in the original.
-        width_mult: MobileNetV2's width multiplier (1.0 in the original).
+        backbone, width: the frame network (:func:`policy_backbone`; the original's is MobileNetV2
+            of width 1.0).
     """
 
     def __init__(
@@ -82,7 +97,8 @@ class PrecisionPolicy(nn.Module):
         dropout: float = 0.8,
         input_size: int = 84,
         temperature: float = 5.0,
-        width_mult: float = 1.0,
+        backbone: str = "mobilenet_v2",
+        width: float = 1.0,
     ) -> None:
         super().__init__()
         if any(int(s) < 1 for s in skip_list):
@@ -92,7 +108,8 @@ class PrecisionPolicy(nn.Module):
             tuple(int(s) for s in skip_list),
             input_size,
         )
-        self.backbone = policy_backbone(width_mult)
+        self.arch, self.width = backbone, width
+        self.backbone = policy_backbone(backbone, width)
         self.dropout = nn.Dropout(dropout)
         self.rnn = nn.LSTMCell(self.backbone.num_features, hidden)
         self.linear = nn.Linear(hidden, num_bits + len(self.skip_list))
@@ -168,11 +185,17 @@ class PolicyBackboneClassifier(nn.Module):
     """
 
     def __init__(
-        self, *, num_classes: int, input_size: int = 84, width_mult: float = 1.0, dropout: float = 0.5
+        self,
+        *,
+        num_classes: int,
+        input_size: int = 84,
+        backbone: str = "mobilenet_v2",
+        width: float = 1.0,
+        dropout: float = 0.5,
     ) -> None:
         super().__init__()
         self.input_size = input_size
-        self.backbone = policy_backbone(width_mult)
+        self.backbone = policy_backbone(backbone, width)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(self.backbone.num_features, num_classes)
 
