@@ -328,6 +328,11 @@ class DemoConfig(RunConfig):
     )
     num_videos: int = option(960, "videos generated (75% train, 25% val)")
     size: int = option(96, "frame side of the generated videos (data.transform resizes/crops to it)")
+    early_fraction: float = option(
+        1.0,
+        "share of generated videos whose object shows its class in every frame (the others only in a "
+        "short window of frames, FrameExit's late videos)",
+    )
     data: DataConfig = option(
         doc="data options (data.storage: the generated benchmark's storage; its paths are set by the demo)",
         default_factory=_demo_data,
@@ -354,6 +359,8 @@ class DemoConfig(RunConfig):
     def __post_init__(self) -> None:
         if self.size < 32:
             raise ValueError(f"size must be >= 32; got {self.size}")
+        if not 0.0 <= self.early_fraction <= 1.0:
+            raise ValueError(f"early_fraction must be in [0, 1]; got {self.early_fraction}")
         for t in self.exit_thresholds:
             if not 0.0 <= t <= 1.0:
                 raise ValueError(f"exit_thresholds must be probabilities; got {t}")

@@ -127,7 +127,13 @@ def _row(method: str, setting: str, result: Evaluation, **extra) -> ResultRow:
 def run_demo(cfg: DemoConfig, run_dir: Path) -> None:
     clock = _Clock()
     k = cfg.model.num_class
-    spec = SyntheticSpec(storage=cfg.data.storage, num_videos=cfg.num_videos, num_classes=k, size=cfg.size)
+    spec = SyntheticSpec(
+        storage=cfg.data.storage,
+        num_videos=cfg.num_videos,
+        num_classes=k,
+        size=cfg.size,
+        early_fraction=cfg.early_fraction,
+    )
     info = generate(cfg.root, spec, progress=True)
     # frames as generated (no resize, no crop): patch positions are then the generator's pixels
     transform = replace(cfg.data.transform, resize=cfg.size, crop=cfg.size, train_crop="center")
