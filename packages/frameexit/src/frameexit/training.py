@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from effvid.data import DataConfig, VideoClassificationDataset, worker_init_fn
-from effvid.engine import EngineConfig, make_dataloader, run_trainer, setup_trainer
+from effvid.engine import EngineConfig
+from effvid.engine import fit as engine_fit
 from frameexit.losses import gate_loss, gate_pseudo_labels, step_cross_entropy, step_losses
 from frameexit.model import FrameExitModel
 
@@ -75,32 +76,21 @@ def fit(
     cosine: bool = True,
     trainable: Callable[[], None] | None = None,
 ) -> bool:
-    """Adam on ``params`` (cosine-annealed per iteration), the core's trainer, ``cfg.epochs``.
+    """Adam on ``params`` (cosine-annealed per iteration) on the core's trainer, ``cfg.epochs``.
     Returns False when ``run_dir`` already held the finished run (nothing trained)."""
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    loader = make_dataloader(
+    return engine_fit(
+        objective,
+        optimizer,
         dataset,
+        cfg,
+        run_dir,
         batch_size=data.batch_size,
-        train=True,
-        seed=cfg.seed,
         num_workers=data.num_workers,
-        worker_init_fn=worker_init_fn,
-        drop_last=len(dataset) > data.batch_size,
-    )
-    sched = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * len(loader))
-        if cosine
-        else None
-    )
-    trainer = setup_trainer(
-        module=objective,
-        optimizer=optimizer,
-        cfg=cfg,
-        run_dir=run_dir,
-        lr_scheduler=sched,
+        cosine=cosine,
         trainable=trainable,
+        worker_init_fn=worker_init_fn,
     )
-    return run_trainer(trainer, loader, epochs=cfg.epochs)
 
 
 def train_stage1(
