@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -21,7 +22,14 @@ from typing import Any
 
 from effvid.io import atomic_write_json, atomic_write_jsonl
 
-__all__ = ["ResultRow", "format_results", "read_results", "write_predictions", "write_results"]
+__all__ = [
+    "ResultRow",
+    "StageClock",
+    "format_results",
+    "read_results",
+    "write_predictions",
+    "write_results",
+]
 
 
 @dataclass
@@ -115,3 +123,21 @@ def format_results(rows: Sequence[ResultRow], *, reference: ResultRow, metric: s
 def write_predictions(path: str | os.PathLike[str], rows: Iterable[Mapping[str, Any]]) -> None:
     """``predictions.jsonl``: one strict-JSON object per video (a NaN is an error naming the line)."""
     atomic_write_jsonl(path, list(rows))
+
+
+class StageClock:
+    """Elapsed time per stage of a long job (a demo), printed as it goes: ``lap("stage 1")``."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+        self.stages: dict[str, float] = {}
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.stages[stage] = now - self.last
+        self.last = now
+        print(f"[{stage}: {self.stages[stage]:.0f} s; total {now - self.start:.0f} s]", flush=True)
+
+    @property
+    def total(self) -> float:
+        return time.perf_counter() - self.start

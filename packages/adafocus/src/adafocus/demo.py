@@ -41,23 +41,9 @@ from effvid.metrics import HitAt1, VideoMAP
 from effvid.model_files import save_model
 from effvid.models import Backbone
 from effvid.plots import plot_results
-from effvid.reports import ResultRow, format_results, write_results
+from effvid.reports import ResultRow, StageClock, format_results, write_results
 
 __all__ = ["DecodedOnce", "object_masks", "patch_coverage", "run_demo"]
-
-
-class _Clock:
-    """Elapsed time per stage, printed as it goes (the demo must stay within minutes)."""
-
-    def __init__(self) -> None:
-        self.start = self.last = time.perf_counter()
-        self.stages: dict[str, float] = {}
-
-    def lap(self, stage: str) -> None:
-        now = time.perf_counter()
-        self.stages[stage] = now - self.last
-        self.last = now
-        print(f"[{stage}: {self.stages[stage]:.0f} s; total {now - self.start:.0f} s]", flush=True)
 
 
 class DecodedOnce(torch.utils.data.Dataset):
@@ -152,7 +138,7 @@ def _row(method: str, setting: str, result: Evaluation, **extra) -> ResultRow:
 
 
 def run_demo(cfg: DemoConfig, run_dir: Path) -> None:
-    clock = _Clock()
+    clock = StageClock()
     k = cfg.model.num_class
     spec = SyntheticSpec(
         storage=cfg.data.storage,
@@ -297,7 +283,7 @@ def run_demo(cfg: DemoConfig, run_dir: Path) -> None:
     atomic_write_text(run_dir / "results.txt", f"{table}\n{cover_line}\n{verdict}\n")
     write_results(run_dir / "results.json", rows)
     plot_results(rows, run_dir / "tradeoff.png", metric="top1", title="AdaFocus on the synthetic benchmark")
-    total = time.perf_counter() - clock.start
+    total = clock.total
     atomic_write_json(
         run_dir / "timing.json", {"seconds": total, "stages": clock.stages, "coverage": coverage}
     )

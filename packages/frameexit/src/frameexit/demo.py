@@ -22,7 +22,7 @@ from effvid.engine import resolve_device, seed_everything
 from effvid.io import atomic_write_json, atomic_write_text
 from effvid.model_files import save_model
 from effvid.plots import plot_results
-from effvid.reports import ResultRow, format_results, write_results
+from effvid.reports import ResultRow, StageClock, format_results, write_results
 from frameexit.build import build_model
 from frameexit.config import DemoConfig
 from frameexit.conversion import KIND
@@ -47,22 +47,8 @@ def _row(method: str, setting: str, result, seconds: float) -> ResultRow:
     )
 
 
-class _Clock:
-    """Elapsed time per stage, printed as it goes (the demo must stay within minutes)."""
-
-    def __init__(self) -> None:
-        self.start = self.last = time.perf_counter()
-        self.stages: dict[str, float] = {}
-
-    def lap(self, stage: str) -> None:
-        now = time.perf_counter()
-        self.stages[stage] = now - self.last
-        self.last = now
-        print(f"[{stage}: {self.stages[stage]:.0f} s; total {now - self.start:.0f} s]")
-
-
 def run_demo(cfg: DemoConfig, run_dir: Path) -> None:
-    clock = _Clock()
+    clock = StageClock()
     k, t = cfg.model.num_class, cfg.data.num_frames
     info = generate(
         cfg.root,
@@ -149,7 +135,7 @@ def run_demo(cfg: DemoConfig, run_dir: Path) -> None:
     atomic_write_text(run_dir / "results.txt", f"{table}\n{verdict}\n")
     write_results(run_dir / "results.json", rows)
     plot_results(rows, run_dir / "tradeoff.png", metric="top1", title="FrameExit on the synthetic benchmark")
-    total = time.perf_counter() - clock.start
+    total = clock.total
     atomic_write_json(run_dir / "timing.json", {"seconds": total, "stages": clock.stages})
     print(
         f"wrote {run_dir / 'results.txt'}, {run_dir / 'results.json'}, {run_dir / 'tradeoff.png'}; "
