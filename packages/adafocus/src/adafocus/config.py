@@ -308,9 +308,9 @@ def _demo_model() -> ModelConfig:
         glance_width=4,
         focus="tiny_cnn",
         focus_width=8,
-        patch_size=48,
+        patch_size=40,
         grid=3,
-        glance_size=48,
+        glance_size=96,
         policy_hidden=64,
         classifier_hidden=64,
         dropout=0.2,
@@ -340,12 +340,15 @@ class DemoConfig(RunConfig):
     model: ModelConfig = option(doc="model", default_factory=_demo_model)
     stage0: EngineConfig = option(
         doc="stage 0 (each backbone; the focus one is the full-frame baseline)",
-        default_factory=lambda: _demo_engine(12),
+        default_factory=lambda: _demo_engine(20),
     )
     stage1: EngineConfig = option(doc="stage 1", default_factory=lambda: _demo_engine(8))
-    stage2: EngineConfig = option(doc="stage 2 (both variants)", default_factory=lambda: _demo_engine(4))
+    stage2: EngineConfig = option(doc="stage 2 (both variants)", default_factory=lambda: _demo_engine(8))
     stage3: EngineConfig = option(doc="stage 3", default_factory=lambda: _demo_engine(3))
     ppo: PPOConfig = option(doc="stage 2 PPO", default_factory=PPOConfig)
+    stage3_focus: bool = option(
+        False, "stage 3 fine-tunes the focus network too (the paper; not the released code)"
+    )
     lr: LearningRates = option(
         doc="learning rates (Adam)",
         default_factory=lambda: LearningRates(

@@ -191,7 +191,7 @@ def run_demo(cfg: DemoConfig, run_dir: Path) -> None:
     for variant in ("ppo", "differentiable"):
         policy_model = copy.deepcopy(warm)
         train(policy_model, 2, cfg.stage2, f"stage2-{variant}", policy_training=variant)
-        train(policy_model, 3, cfg.stage3, f"stage3-{variant}")
+        train(policy_model, 3, cfg.stage3, f"stage3-{variant}", stage3_focus=cfg.stage3_focus)
         finals[variant] = policy_model
 
     def evaluate(m: AdaFocus, **kw) -> Evaluation:
