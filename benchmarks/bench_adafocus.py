@@ -26,13 +26,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
-import platform
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
+from common import machine, timed
 
 from adafocus.build import KIND, KINDS, build_model
 from adafocus.config import DemoConfig
@@ -43,28 +41,6 @@ from effvid.config import load_config
 from effvid.data import build_dataset
 from effvid.flops import count_macs
 from effvid.model_files import read_model_file
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
-    return f"{cpu}, {os.cpu_count()} cores{gpu}; torch {torch.__version__}, {torch.get_num_threads()} threads"
-
-
-def timed(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 @torch.no_grad()
@@ -89,7 +65,7 @@ def compare(
             full_frame(chunk.flatten(0, 1))
 
     batched()  # warm-up: allocator, oneDNN primitives
-    tb, t1, tf = timed(batched, repeats), timed(frame_by_frame, repeats), timed(full, repeats)
+    tb, t1, tf = (timed(fn, repeats)[0] for fn in (batched, frame_by_frame, full))
     gmacs = float(video_macs(t, measure_unit_costs(model, tuple(clips.shape[-2:])))["total"]) / 1e9
     meta = copy.deepcopy(full_frame).to("meta")
     full_gmacs = count_macs(meta, torch.empty(1, *clips.shape[2:], device="meta")) * t / 1e9

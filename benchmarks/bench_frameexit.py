@@ -22,14 +22,12 @@ saved turn fully into time saved.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 import yaml
+from common import machine, timed
 
 from effvid.config import load_config
 from effvid.data import build_dataset
@@ -38,28 +36,6 @@ from frameexit.config import CheckpointConfig, DemoConfig
 from frameexit.evaluation import evaluate_dataset
 from frameexit.inference import early_exit, measure_unit_costs, video_macs
 from frameexit.model import FrameExitModel
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
-    return f"{cpu}, {os.cpu_count()} cores{gpu}; torch {torch.__version__}"
-
-
-def timed(fn, repeats: int) -> tuple[float, object]:
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, out
 
 
 def bench_run(run: Path, beta: float, repeats: int) -> None:

@@ -22,7 +22,14 @@ from typing import Any
 
 from effvid.io import atomic_write_json, atomic_write_jsonl
 
-__all__ = ["ResultRow", "StageClock", "format_results", "read_results", "write_predictions", "write_results"]
+__all__ = [
+    "ResultRow",
+    "StageClock",
+    "format_results",
+    "read_results",
+    "write_predictions",
+    "write_results",
+]
 
 
 @dataclass

@@ -308,9 +308,9 @@ def _demo_model() -> ModelConfig:
         glance_width=4,
         focus="tiny_cnn",
         focus_width=8,
-        patch_size=48,
+        patch_size=40,
         grid=3,
-        glance_size=48,
+        glance_size=96,
         policy_hidden=64,
         classifier_hidden=64,
         dropout=0.2,
@@ -328,6 +328,11 @@ class DemoConfig(RunConfig):
     )
     num_videos: int = option(960, "videos generated (75% train, 25% val)")
     size: int = option(96, "frame side of the generated videos (data.transform resizes/crops to it)")
+    early_fraction: float = option(
+        1.0,
+        "share of generated videos whose object shows its class in every frame (the others only in a "
+        "short window of frames, FrameExit's late videos)",
+    )
     data: DataConfig = option(
         doc="data options (data.storage: the generated benchmark's storage; its paths are set by the demo)",
         default_factory=_demo_data,
@@ -335,12 +340,15 @@ class DemoConfig(RunConfig):
     model: ModelConfig = option(doc="model", default_factory=_demo_model)
     stage0: EngineConfig = option(
         doc="stage 0 (each backbone; the focus one is the full-frame baseline)",
-        default_factory=lambda: _demo_engine(12),
+        default_factory=lambda: _demo_engine(20),
     )
     stage1: EngineConfig = option(doc="stage 1", default_factory=lambda: _demo_engine(8))
-    stage2: EngineConfig = option(doc="stage 2 (both variants)", default_factory=lambda: _demo_engine(4))
+    stage2: EngineConfig = option(doc="stage 2 (both variants)", default_factory=lambda: _demo_engine(8))
     stage3: EngineConfig = option(doc="stage 3", default_factory=lambda: _demo_engine(3))
     ppo: PPOConfig = option(doc="stage 2 PPO", default_factory=PPOConfig)
+    stage3_focus: bool = option(
+        False, "stage 3 fine-tunes the focus network too (the paper; not the released code)"
+    )
     lr: LearningRates = option(
         doc="learning rates (Adam)",
         default_factory=lambda: LearningRates(
@@ -354,6 +362,8 @@ class DemoConfig(RunConfig):
     def __post_init__(self) -> None:
         if self.size < 32:
             raise ValueError(f"size must be >= 32; got {self.size}")
+        if not 0.0 <= self.early_fraction <= 1.0:
+            raise ValueError(f"early_fraction must be in [0, 1]; got {self.early_fraction}")
         for t in self.exit_thresholds:
             if not 0.0 <= t <= 1.0:
                 raise ValueError(f"exit_thresholds must be probabilities; got {t}")

@@ -30,9 +30,10 @@ from adafocus.evaluation import Evaluation, evaluate_dataset
 from adafocus.model import AdaFocus
 from adafocus.training import train_stage
 from adafocus.visualize import show_video
-from effvid.config import config_to_yaml
+from effvid.config import ConfigError, config_to_yaml
 from effvid.data import SyntheticSpec, VideoClassificationDataset, build_dataset, generate
 from effvid.data.synthetic import render_video
+from effvid.draws import Draw, seeded, split_item
 from effvid.engine import EngineConfig, resolve_device, seed_everything
 from effvid.flops import count_macs
 from effvid.io import atomic_write_json, atomic_write_text
@@ -42,7 +43,33 @@ from effvid.models import Backbone
 from effvid.plots import plot_results
 from effvid.reports import ResultRow, StageClock, format_results, write_results
 
-__all__ = ["object_masks", "patch_coverage", "run_demo"]
+__all__ = ["DecodedOnce", "object_masks", "patch_coverage", "run_demo"]
+
+
+class DecodedOnce(torch.utils.data.Dataset):
+    """A dataset's clips decoded once into memory (uint8) and transformed at every draw.
+
+    The demo trains for dozens of epochs on a few hundred short videos; decoding them again every
+    epoch would cost more than training its small networks. Only for a deterministic frame
+    sampler (the demo's ``uniform``): the frames of a video are the same at every draw.
+    """
+
+    def __init__(self, dataset: VideoClassificationDataset) -> None:
+        raw = copy.copy(dataset)
+        raw.transform = None
+        self.clips = [raw[i]["video"] for i in range(len(raw))]  # plain indices: no training draws
+        self.labels = [dataset.label(i) for i in range(len(dataset))]
+        self.keys = [r.key for r in dataset.records]
+        self.transform = dataset.transform
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, item: int | Draw) -> dict:
+        i, seed = split_item(item)
+        with seeded(seed):  # the flips of a draw, as the dataset would make them
+            video = self.transform(self.clips[i])
+        return {"video": video, "label": self.labels[i], "key": self.keys[i], "index": i}
 
 
 def object_masks(spec: SyntheticSpec, dataset: VideoClassificationDataset) -> list[np.ndarray]:
@@ -113,7 +140,13 @@ def _row(method: str, setting: str, result: Evaluation, **extra) -> ResultRow:
 def run_demo(cfg: DemoConfig, run_dir: Path) -> None:
     clock = StageClock()
     k = cfg.model.num_class
-    spec = SyntheticSpec(storage=cfg.data.storage, num_videos=cfg.num_videos, num_classes=k, size=cfg.size)
+    spec = SyntheticSpec(
+        storage=cfg.data.storage,
+        num_videos=cfg.num_videos,
+        num_classes=k,
+        size=cfg.size,
+        early_fraction=cfg.early_fraction,
+    )
     info = generate(cfg.root, spec, progress=True)
     # frames as generated (no resize, no crop): patch positions are then the generator's pixels
     transform = replace(cfg.data.transform, resize=cfg.size, crop=cfg.size, train_crop="center")
@@ -125,7 +158,9 @@ def run_demo(cfg: DemoConfig, run_dir: Path) -> None:
         transform=transform,
     )
     train_data = replace(data, path_label=str(info.train_list))
-    train_ds = build_dataset(train_data, num_classes=k, train=True)
+    if data.sampler != "uniform":
+        raise ConfigError("the demo decodes its training clips once: data.sampler must be uniform")
+    train_ds = DecodedOnce(build_dataset(train_data, num_classes=k, train=True))
     val_ds = build_dataset(replace(data, path_label=str(info.val_list)), num_classes=k)
     device = resolve_device(cfg.stage0.device)
     print(f"data: {len(train_ds)} training and {len(val_ds)} validation videos in {info.storage_path}")
@@ -156,7 +191,7 @@ def run_demo(cfg: DemoConfig, run_dir: Path) -> None:
     for variant in ("ppo", "differentiable"):
         policy_model = copy.deepcopy(warm)
         train(policy_model, 2, cfg.stage2, f"stage2-{variant}", policy_training=variant)
-        train(policy_model, 3, cfg.stage3, f"stage3-{variant}")
+        train(policy_model, 3, cfg.stage3, f"stage3-{variant}", stage3_focus=cfg.stage3_focus)
         finals[variant] = policy_model
 
     def evaluate(m: AdaFocus, **kw) -> Evaluation:
@@ -248,7 +283,7 @@ def run_demo(cfg: DemoConfig, run_dir: Path) -> None:
     atomic_write_text(run_dir / "results.txt", f"{table}\n{cover_line}\n{verdict}\n")
     write_results(run_dir / "results.json", rows)
     plot_results(rows, run_dir / "tradeoff.png", metric="top1", title="AdaFocus on the synthetic benchmark")
-    total = time.perf_counter() - clock.start
+    total = clock.total
     atomic_write_json(
         run_dir / "timing.json", {"seconds": total, "stages": clock.stages, "coverage": coverage}
     )

@@ -48,12 +48,12 @@ from effvid.engine import (
     attach_progress,
     attach_tensorboard,
     autocast,
+    fit,
     make_dataloader,
     resolve_device,
     run_distributed,
     run_trainer,
     seed_everything,
-    setup_trainer,
     to_device,
 )
 from effvid.model_files import save_model
@@ -64,7 +64,6 @@ __all__ = [
     "DifferentiablePolicyStep",
     "PolicyStep",
     "WarmUpStep",
-    "fit",
     "fit_ppo",
     "run_training",
     "step_cross_entropy",
@@ -89,6 +88,30 @@ def _optimizer(groups: list[dict[str, Any]], cfg: OptimConfig) -> torch.optim.Op
     return torch.optim.SGD(groups, lr=groups[0]["lr"], momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
+def _fit(
+    objective: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    dataset: torch.utils.data.Dataset,
+    data: DataConfig,
+    engine: EngineConfig,
+    run_dir: str | Path,
+    *,
+    cosine: bool,
+) -> bool:
+    """The core's standard loop; the step module sets which parts train (the rest stays in eval)."""
+    return fit(
+        objective,
+        optimizer,
+        dataset,
+        engine,
+        run_dir,
+        batch_size=data.batch_size,
+        num_workers=data.num_workers,
+        cosine=cosine,
+        worker_init_fn=worker_init_fn,
+    )
+
+
 def _loader(dataset: torch.utils.data.Dataset, data: DataConfig, engine: EngineConfig):
     return make_dataloader(
         dataset,
@@ -99,34 +122,6 @@ def _loader(dataset: torch.utils.data.Dataset, data: DataConfig, engine: EngineC
         worker_init_fn=worker_init_fn,
         drop_last=len(dataset) > data.batch_size,
     )
-
-
-def fit(
-    objective: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    dataset: torch.utils.data.Dataset,
-    data: DataConfig,
-    engine: EngineConfig,
-    run_dir: str | Path,
-    *,
-    cosine: bool = True,
-) -> bool:
-    """One optimiser step per batch on the core's trainer for ``engine.epochs`` epochs (cosine
-    learning rate per iteration, or constant). False: ``run_dir`` held the finished run."""
-    loader = _loader(dataset, data, engine)
-    sched = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=engine.epochs * len(loader))
-        if cosine
-        else None
-    )
-    trainer = setup_trainer(
-        module=objective,
-        optimizer=optimizer,
-        cfg=engine,
-        run_dir=run_dir,
-        lr_scheduler=sched,
-    )
-    return run_trainer(trainer, loader, epochs=engine.epochs)
 
 
 def fit_ppo(
@@ -223,7 +218,7 @@ def train_stage(model: AdaFocus, cfg: TrainConfig, run_dir: str | Path, dataset=
             objective = BackbonePretrainStep(model, part)
             groups = _only_trainable(model, [(objective.backbone, lr.stage0)])
             print(f"stage 0: pre-training the {part} network alone")
-            trained |= fit(
+            trained |= _fit(
                 objective, _optimizer(groups, optim), dataset, cfg.data, engine, run_dir / part, cosine=cosine
             )
         return trained
@@ -232,13 +227,13 @@ def train_stage(model: AdaFocus, cfg: TrainConfig, run_dir: str | Path, dataset=
         groups = _only_trainable(
             model, [(model.focus, lr.stage1_focus), (model.classifier, lr.stage1_classifier)]
         )
-        return fit(objective, _optimizer(groups, optim), dataset, cfg.data, engine, run_dir, cosine=cosine)
+        return _fit(objective, _optimizer(groups, optim), dataset, cfg.data, engine, run_dir, cosine=cosine)
     if cfg.stage == 2:
         groups = _only_trainable(model, [(model.policy, lr.policy)])
         optimizer = torch.optim.Adam(groups)  # the original's policy optimiser, constant rate
         if cfg.policy_training == "differentiable":
             objective = DifferentiablePolicyStep(model)
-            return fit(objective, optimizer, dataset, cfg.data, engine, run_dir, cosine=False)
+            return _fit(objective, optimizer, dataset, cfg.data, engine, run_dir, cosine=False)
         p = cfg.ppo
         objective = PolicyStep(
             model, gamma=p.gamma, clip=p.clip, value_coef=p.value_coef, entropy_coef=p.entropy_coef
@@ -249,7 +244,7 @@ def train_stage(model: AdaFocus, cfg: TrainConfig, run_dir: str | Path, dataset=
     if cfg.stage3_focus:
         parts.append((model.focus, lr.stage3_focus))
     groups = _only_trainable(model, parts)
-    return fit(objective, _optimizer(groups, optim), dataset, cfg.data, engine, run_dir, cosine=cosine)
+    return _fit(objective, _optimizer(groups, optim), dataset, cfg.data, engine, run_dir, cosine=cosine)
 
 
 def _train_process(local_rank: int, cfg: TrainConfig, run_dir: Path) -> None:

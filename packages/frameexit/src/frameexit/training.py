@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from ignite.engine import Engine
 from torch import nn
 
 from effvid.data import DataConfig, VideoClassificationDataset, worker_init_fn
-from effvid.engine import EngineConfig, attach_validation, make_dataloader, run_trainer, setup_trainer
+from effvid.engine import EngineConfig, attach_validation
+from effvid.engine import fit as engine_fit
 from frameexit.losses import gate_loss, gate_pseudo_labels, step_cross_entropy, step_losses
 from frameexit.model import FrameExitModel
 
@@ -82,34 +84,27 @@ def fit(
     ``hit1`` is kept in ``run_dir/best/``. Returns False when ``run_dir`` already held the finished
     run (nothing trained)."""
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    loader = make_dataloader(
+
+    def attach(trainer: Engine) -> None:
+        if validate is not None and cfg.eval_every:
+            model = objective.model  # type: ignore[attr-defined]
+            attach_validation(
+                trainer, validate, run_dir, every=cfg.eval_every, to_save={"model": model}, metric="hit1"
+            )
+
+    return engine_fit(
+        objective,
+        optimizer,
         dataset,
+        cfg,
+        run_dir,
         batch_size=data.batch_size,
-        train=True,
-        seed=cfg.seed,
         num_workers=data.num_workers,
-        worker_init_fn=worker_init_fn,
-        drop_last=len(dataset) > data.batch_size,
-    )
-    sched = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * len(loader))
-        if cosine
-        else None
-    )
-    trainer = setup_trainer(
-        module=objective,
-        optimizer=optimizer,
-        cfg=cfg,
-        run_dir=run_dir,
-        lr_scheduler=sched,
+        cosine=cosine,
         trainable=trainable,
+        worker_init_fn=worker_init_fn,
+        attach=attach,
     )
-    if validate is not None and cfg.eval_every:
-        model = objective.model  # type: ignore[attr-defined]
-        attach_validation(
-            trainer, validate, run_dir, every=cfg.eval_every, to_save={"model": model}, metric="hit1"
-        )
-    return run_trainer(trainer, loader, epochs=cfg.epochs)
 
 
 def train_stage1(

@@ -24,6 +24,7 @@ from effvid.engine.handlers import (
 from effvid.engine.runtime import autocast, resolve_device, run_distributed, seed_everything, to_device
 from effvid.engine.training import (
     evaluate,
+    fit,
     make_dataloader,
     make_train_step,
     prepare_module,
@@ -48,6 +49,7 @@ __all__ = [
     "evaluate",
     "find_checkpoints",
     "find_latest_checkpoint",
+    "fit",
     "make_dataloader",
     "make_train_step",
     "prepare_module",

@@ -35,6 +35,7 @@ from effvid.io import atomic_write_json
 
 __all__ = [
     "evaluate",
+    "fit",
     "make_dataloader",
     "make_train_step",
     "prepare_module",
@@ -181,6 +182,54 @@ def run_trainer(trainer: Engine, loader: Any, *, epochs: int) -> bool:
         return False
     trainer.run(loader, max_epochs=epochs)
     return True
+
+
+def fit(
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    dataset: torch.utils.data.Dataset,
+    cfg: EngineConfig,
+    run_dir: str | Path,
+    *,
+    batch_size: int,
+    num_workers: int = 0,
+    cosine: bool = True,
+    trainable: Callable[[], None] | None = None,
+    attach: Callable[[Engine], Any] | None = None,
+    **loader_kwargs: Any,
+) -> bool:
+    """Train ``module`` for ``cfg.epochs`` with the standard loop (:func:`setup_trainer`) on a
+    training loader over ``dataset`` (:func:`make_dataloader`; ``loader_kwargs`` go to it, e.g. a
+    ``worker_init_fn``), the learning rate cosine-annealed per iteration unless ``cosine`` is False.
+
+    ``attach(trainer)`` is called before the run, to add handlers (e.g. :func:`attach_validation`).
+    Returns False when ``run_dir`` already held the finished run (nothing trained).
+    """
+    loader = make_dataloader(
+        dataset,
+        batch_size=batch_size,
+        train=True,
+        seed=cfg.seed,
+        num_workers=num_workers,
+        drop_last=len(dataset) > batch_size,  # type: ignore[arg-type]
+        **loader_kwargs,
+    )
+    scheduler = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * len(loader))
+        if cosine
+        else None
+    )
+    trainer = setup_trainer(
+        module=module,
+        optimizer=optimizer,
+        cfg=cfg,
+        run_dir=run_dir,
+        lr_scheduler=scheduler,
+        trainable=trainable,
+    )
+    if attach is not None:
+        attach(trainer)
+    return run_trainer(trainer, loader, epochs=cfg.epochs)
 
 
 def setup_evaluator(
