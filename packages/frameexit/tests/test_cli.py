@@ -535,3 +535,31 @@ def test_train_with_two_gloo_processes(trained, capfd, launch):
     assert set(after) == set(before) and not torch.equal(
         after["classifiers.0.weight"], before["classifiers.0.weight"]
     )
+
+
+def test_infer_speed_options_through_the_cli(trained):
+    """--fast (fold + channels-last, the default) gives the plain run's exits and probabilities;
+    int8 and bf16 run end to end and give valid probabilities (their accuracy is the benchmark's)."""
+    info = trained["infos"]["frames"]
+    cfg = write_config(trained["root"] / "infer-fast.yml", info, "frames")
+    base = [
+        str(cfg),
+        "--data.path_label",
+        str(info.val_list),
+        "--checkpoint.init",
+        str(trained["root"] / "s2" / "model.pt"),
+    ]
+
+    def run(name: str, *options: str) -> list[dict]:
+        out = trained["root"] / f"infer-{name}"
+        fire.Fire(INFER, command=[*base, "--output_dir", str(out), *options])
+        return [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+
+    plain = run("plain", "--fast.fold_bn", "false", "--fast.channels_last", "false")
+    fast = run("fast")
+    assert [r["exit_step"] for r in fast] == [r["exit_step"] for r in plain]
+    np.testing.assert_allclose([r["probs"] for r in fast], [r["probs"] for r in plain], atol=1e-4)
+    for name, options in (("int8", ("--fast.int8", "true")), ("bf16", ("--engine.amp", "bf16"))):
+        rows = run(name, *options)
+        assert len(rows) == len(plain)
+        assert all(abs(sum(r["probs"]) - 1) < 1e-3 and 1 <= r["frames_used"] <= 4 for r in rows)

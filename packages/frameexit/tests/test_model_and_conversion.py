@@ -10,9 +10,10 @@ from original_reference import OriginalFrameExit, randomise
 
 from effvid.checkpoint import CheckpointMismatchError, check_state_dict
 from effvid.flops import crosscheck
+from effvid.models.optimize import FastInferenceConfig, optimize_for_inference
 from frameexit import FrameExitModel
 from frameexit.conversion import convert_original_state_dict, load_original_checkpoint
-from frameexit.inference import early_exit, measure_unit_costs, video_macs
+from frameexit.inference import FrameFeatures, early_exit, measure_unit_costs, video_macs
 from frameexit.losses import gate_pseudo_labels, step_losses
 
 
@@ -56,11 +57,12 @@ def _original_pair(seed=0, first_threshold=None, **kw):
     return ref, model
 
 
-def test_converted_checkpoint_behaves_identically_to_the_original():
+def _original_with_varied_exits():
+    """A re-created original (ResNet-18) and our converted copy, with the step-0 threshold
+    between two videos' confidences so that some exit at once and others continue."""
     kw = dict(backbone="resnet18", num_class=6, num_frames=5, hidden=32)
     ref, model = _original_pair(**kw)
     videos = torch.randn(8, 5, 3, 48, 48)
-    # choose the step-0 threshold so that some videos exit at once and others continue
     with torch.no_grad():
         conf = torch.stack(
             [
@@ -71,12 +73,29 @@ def test_converted_checkpoint_behaves_identically_to_the_original():
     ranked = conf.sort().values  # between two videos' confidences: last-bit differences cannot flip one
     threshold = float(ranked[3] + ranked[4]) / 2
     ref.first_threshold = model.first_threshold = threshold
+    return ref, model, videos
+
+
+def test_converted_checkpoint_behaves_identically_to_the_original():
+    ref, model, videos = _original_with_varied_exits()
     expected = [ref.run_video(v) for v in videos]
     result = early_exit(model, lambda active, step: videos[active, step], len(videos))
     steps = [s for s, _ in expected]
     assert result.exit_step.tolist() == steps
     assert len(set(steps)) >= 2, f"the test needs varied exits, got {steps}"
     torch.testing.assert_close(result.probs, torch.stack([p for _, p in expected]), rtol=1e-4, atol=1e-6)
+
+
+def test_fast_frame_network_keeps_the_originals_outputs():
+    """BatchNorm folded + channels-last (the inference default): the original's exits, and its
+    probabilities within 1e-4."""
+    ref, model, videos = _original_with_varied_exits()
+    expected = [ref.run_video(v) for v in videos]
+    fast = optimize_for_inference(FrameFeatures(model), FastInferenceConfig(), device=torch.device("cpu"))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    result = early_exit(model, lambda active, step: videos[active, step], len(videos), features=fast)
+    assert result.exit_step.tolist() == [s for s, _ in expected]
+    torch.testing.assert_close(result.probs, torch.stack([p for _, p in expected]), rtol=1e-4, atol=1e-5)
 
 
 def test_full_size_checkpoint_keys_and_shapes_map_strictly():

@@ -41,6 +41,8 @@ def _evaluate(cfg: InferConfig, model, dataset, **kwargs):
         stream=cfg.stream,
         num_threads=cfg.data.num_workers,
         progress=cfg.engine.progress,
+        fast=cfg.fast,
+        amp=cfg.engine.amp,
         **kwargs,
     )
 

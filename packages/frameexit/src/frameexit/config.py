@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from effvid.config import MISSING, RunConfig, check_choice, option
 from effvid.data import DataConfig
 from effvid.engine import EngineConfig, RuntimeConfig
+from effvid.models.optimize import FastInferenceConfig
 from frameexit.data import frameexit_data_config
 
 __all__ = [
@@ -56,7 +57,14 @@ class InferConfig(RunConfig):
     data: DataConfig = option(doc="data", default_factory=frameexit_data_config)
     model: ModelConfig = option(doc="model", default_factory=ModelConfig)
     checkpoint: CheckpointConfig = option(doc="weights", default_factory=CheckpointConfig)
-    engine: RuntimeConfig = option(doc="device and precision", default_factory=RuntimeConfig)
+    engine: RuntimeConfig = option(
+        doc="device and precision (engine.amp bf16: the frame network under bf16 autocast)",
+        default_factory=RuntimeConfig,
+    )
+    fast: FastInferenceConfig = option(
+        doc="inference speed-ups of the frame network (benchmarks/frameexit.md measures each)",
+        default_factory=FastInferenceConfig,
+    )
     stream: bool = option(True, "decode each frame only when a video reaches its step (frames/LMDB)")
     max_steps: int | None = option(None, "stop every video after this many frames (fixed-frame baseline)")
     no_exit: bool = option(False, "disable exiting: every video uses its max_steps frames")

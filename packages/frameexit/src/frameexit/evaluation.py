@@ -13,10 +13,12 @@ from tqdm import tqdm
 
 from effvid.data import VideoClassificationDataset
 from effvid.data.streaming import step_loader
+from effvid.engine import autocast
 from effvid.io import atomic_write_json
 from effvid.metrics import HitAt1, VideoMAP
+from effvid.models.optimize import FastInferenceConfig, optimize_for_inference
 from effvid.reports import write_predictions
-from frameexit.inference import early_exit, measure_unit_costs, video_macs
+from frameexit.inference import FrameFeatures, early_exit, measure_unit_costs, video_macs
 from frameexit.model import FrameExitModel
 
 __all__ = ["Evaluation", "evaluate_dataset"]
@@ -60,16 +62,37 @@ def evaluate_dataset(
     max_steps: int | None = None,
     exits: bool = True,
     progress: bool = True,
+    fast: FastInferenceConfig | None = None,
+    amp: str = "none",
 ) -> Evaluation:
     """Early-exit inference over ``dataset`` in batches of ``batch_size`` videos.
 
     ``stream``: frames are decoded when a video reaches their step (never for steps it does not
     reach), ``num_threads`` decoding in parallel; otherwise whole clips are loaded first.
+    ``fast``: the frame network (backbone + MLP) runs as an optimised copy (BatchNorm folded,
+    channels-last, optionally int8 calibrated on the first videos, or compiled); ``amp``: under
+    autocast (``bf16`` on a CPU that has it). MACs are counted on the model as defined.
     """
     model = model.to(device).eval()
     steps = min(max_steps or model.num_frames, model.num_frames)
     frame_shape = tuple(dataset.load_frames(0, [0]).shape[1:])
     costs = measure_unit_costs(model, frame_shape)
+    frame_net = FrameFeatures(model)
+    if fast is not None:
+        calibration = (
+            (
+                dataset.load_frames(i, list(range(steps)))
+                for i in range(min(fast.calibration_batches, len(dataset)))
+            )
+            if fast.int8
+            else None
+        )
+        frame_net = optimize_for_inference(frame_net, fast, device=device, calibration=calibration)
+
+    def features(frames: torch.Tensor) -> torch.Tensor:
+        with autocast(device, amp):
+            return frame_net(frames)
+
     hit1, mean_ap = HitAt1(), VideoMAP()
     hit1.reset()
     mean_ap.reset()
@@ -80,7 +103,9 @@ def evaluate_dataset(
         for start in tqdm(starts, desc="videos", unit="batch", disable=not progress):
             ids = list(range(start, min(start + batch_size, len(dataset))))
             load_step = step_loader(dataset, ids, stream=stream, pool=pool)
-            result = early_exit(model, load_step, len(ids), device=device, max_steps=steps, exits=exits)
+            result = early_exit(
+                model, load_step, len(ids), device=device, max_steps=steps, exits=exits, features=features
+            )
             bad = [
                 dataset.records[ids[j]].key
                 for j in range(len(ids))

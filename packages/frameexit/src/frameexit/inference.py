@@ -10,14 +10,29 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from effvid.flops import UnitCosts, per_sample_macs
 from frameexit.model import FrameExitModel
 
-__all__ = ["ExitResult", "early_exit", "measure_unit_costs", "video_macs"]
+__all__ = ["ExitResult", "FrameFeatures", "early_exit", "measure_unit_costs", "video_macs"]
 
 # load_step(active: list of batch positions, step) -> frames (len(active), 3, H, W)
 StepLoader = Callable[[Sequence[int], int], torch.Tensor]
+
+
+class FrameFeatures(nn.Module):
+    """The per-frame part of a FrameExit model, backbone + MLP, as one traceable module: frames
+    (N, 3, H, W) -> features (N, hidden). It shares the model's weights; it is what
+    :func:`effvid.models.optimize.optimize_for_inference` speeds up."""
+
+    def __init__(self, model: FrameExitModel) -> None:
+        super().__init__()
+        self.backbone = model.backbone
+        self.mlp = model.mlp
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.backbone.forward_features(frames))
 
 
 @dataclass
@@ -40,13 +55,15 @@ def early_exit(
     device: torch.device | None = None,
     max_steps: int | None = None,
     exits: bool = True,
+    features: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> ExitResult:
     """Run FrameExit on ``batch_size`` videos whose frames ``load_step`` supplies step by step.
 
     ``max_steps`` (default T) caps the steps: with ``max_steps = k`` every video still active at
     step k-1 exits there with classifier k-1 (the "first k frames" baseline when the gates are
     switched off). ``exits=False`` runs the model statically: no step-0 classifier, no gate, every
-    video classified once after its last step.
+    video classified once after its last step. ``features`` replaces ``model.frame_features`` (an
+    optimised copy of it, e.g. under autocast); its output is used in float32.
     """
     model.eval()
     device = device or next(model.parameters()).device
@@ -58,7 +75,7 @@ def early_exit(
     active = torch.arange(batch_size)
     for step in range(steps):
         frames = load_step(active.tolist(), step).to(device, non_blocking=True)
-        h = model.frame_features(frames)
+        h = (features or model.frame_features)(frames).float()
         z = h if step == 0 else torch.maximum(h, z_prev[active.to(device)])
         logits = model.classify(z, 0) if step == 0 and (exits or steps == 1) else None
         if step == steps - 1:
