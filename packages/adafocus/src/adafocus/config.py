@@ -35,6 +35,8 @@ __all__ = [
 
 STAGES = (0, 1, 2, 3)
 POLICIES = ("argmax", "sample", "random")
+#: how stage 2 (PPO) rewards a patch; see :class:`adafocus.steps.PolicyStep`
+REWARDS = ("sequence", "frame")
 
 
 def _positive(key: str, value: float, *, allow_zero: bool = False) -> None:
@@ -138,8 +140,14 @@ class PPOConfig:
     clip: float = option(0.2, "PPO ratio clip")
     value_coef: float = option(0.5, "weight of the critic's MSE")
     entropy_coef: float = option(0.01, "weight of the entropy bonus")
+    reward: str = option(
+        "sequence",
+        "sequence: p_y(policy patch) - p_y(random patch) from the classifier state before the step "
+        "(the original); frame: the same from a fresh classifier state, i.e. each patch judged alone",
+    )
 
     def __post_init__(self) -> None:
+        check_choice("ppo.reward", self.reward, REWARDS)
         if self.epochs < 1:
             raise ValueError(f"ppo.epochs must be >= 1; got {self.epochs}")
         if not 0.0 <= self.gamma <= 1.0:
