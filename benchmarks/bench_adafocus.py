@@ -10,13 +10,16 @@ Two workloads, model only (clips held in memory, no decoding):
   videos; the full-frame model is its stage-0 focus network, the demo's baseline.
 
 Strategies, on the same weights and clips:
-  batched         - ``AdaFocus.forward``: the glance over all B*T frames at once, the policy step by
-                    step, then the focus network over all B*T patches at once;
+  batched         - ``AdaFocus.forward``: the glance over all B*T frames at once, the policy over the
+                    clip, then the focus network over all B*T patches at once;
   frame by frame  - the original's order: one video at a time, and per frame glance, policy, crop,
                     focus, classifier step (``AdaFocus.forward_frame_by_frame``, batch 1);
   full frame      - the full-frame model on every frame, batched.
 ``efficiency = (full-frame time / batched time) / (full-frame MACs / AdaFocus MACs)``: 1.0 means the
 MACs saved turn fully into time saved.
+Then each part of the batched forward (glance resize, glance, policy, crop, focus, classifier) is
+timed alone, and its share of the time printed next to its share of the MACs: where the time goes.
+``--only STRATEGY`` runs one strategy and nothing else (for timing whole processes apart).
 
     python benchmarks/bench_adafocus.py --paper --videos 8 --batch 8
     python benchmarks/bench_adafocus.py --run runs/adafocus-demo-<time>
@@ -34,7 +37,8 @@ from common import machine, timed
 
 from adafocus.build import KIND, KINDS, build_model
 from adafocus.config import DemoConfig
-from adafocus.cost import measure_unit_costs, video_macs
+from adafocus.cost import UNITS, measure_unit_costs, video_macs
+from adafocus.crop import crop_patches
 from adafocus.model import AdaFocus
 from effvid.checkpoint import load_checked
 from effvid.config import load_config
@@ -42,10 +46,18 @@ from effvid.data import build_dataset
 from effvid.flops import count_macs
 from effvid.model_files import read_model_file
 
+STRATEGIES = ("batched", "frame_by_frame", "full")
+
 
 @torch.no_grad()
 def compare(
-    title: str, model: AdaFocus, full_frame: torch.nn.Module, clips: torch.Tensor, batch: int, repeats: int
+    title: str,
+    model: AdaFocus,
+    full_frame: torch.nn.Module,
+    clips: torch.Tensor,
+    batch: int,
+    repeats: int,
+    only: str | None = None,
 ) -> None:
     model.eval()
     full_frame.eval()
@@ -64,6 +76,11 @@ def compare(
         for chunk in chunks:
             full_frame(chunk.flatten(0, 1))
 
+    if only is not None:  # one strategy, e.g. for whole-process timings of each strategy apart
+        strategy = {"batched": batched, "frame_by_frame": frame_by_frame, "full": full}[only]
+        seconds, _ = timed(strategy, repeats)
+        print(f"{only}: {n / seconds:.2f} videos/s (best of {repeats})")
+        return
     batched()  # warm-up: allocator, oneDNN primitives
     tb, t1, tf = (timed(fn, repeats)[0] for fn in (batched, frame_by_frame, full))
     gmacs = float(video_macs(t, measure_unit_costs(model, tuple(clips.shape[-2:])))["total"]) / 1e9
@@ -81,9 +98,59 @@ def compare(
         f"speed-up over the full-frame model {speedup:.2f}x / MAC reduction {reduction:.2f}x = "
         f"efficiency {speedup / reduction:.2f}"
     )
+    breakdown(model, clips, batch, repeats)
 
 
-def bench_paper(videos: int, batch: int, repeats: int) -> None:
+@torch.no_grad()
+def breakdown(model: AdaFocus, clips: torch.Tensor, batch: int, repeats: int) -> None:
+    """Where the batched forward's time goes: each part of ``AdaFocus.forward`` run alone over the
+    same chunks, its share of the time next to its share of the MACs (the crop and the glance's
+    resize are indexing and interpolation: time, no MACs)."""
+    n, t = clips.shape[:2]
+    chunks = [clips[i : i + batch] for i in range(0, n, batch)]
+    hw = tuple(clips.shape[-2:])
+    prepared = []
+    for chunk in chunks:
+        frames = chunk.flatten(0, 1)
+        maps, pooled = model.glance_frames(frames)
+        actions, _ = model.choose(maps.view(len(chunk), t, *maps.shape[1:]), sample=False)
+        corners = model.actions_to_top_left(actions, hw).flatten(0, 1)
+        local = model.focus_patches(frames, corners)
+        prepared.append((frames, maps.view(len(chunk), t, *maps.shape[1:]), corners, pooled, local))
+
+    def run(part):
+        def go():
+            for frames, maps, corners, pooled, local in prepared:
+                if part == "resize":
+                    model.glance_input(frames)
+                elif part == "glance":
+                    model.glance.forward_feature_maps(model.glance_input(frames))
+                elif part == "policy":
+                    model.choose(maps, sample=False)
+                elif part == "crop":
+                    crop_patches(frames, corners, model.patch_size)
+                elif part == "focus":
+                    model.focus_patches(frames, corners)
+                else:
+                    model.classifier(torch.cat([pooled, local], 1).view(maps.shape[0], t, -1))
+
+        return go
+
+    costs = measure_unit_costs(model, hw)
+    seconds = {
+        part: timed(run(part), repeats)[0]
+        for part in ("resize", "glance", "policy", "crop", "focus", "classifier")
+    }
+    seconds["glance"] -= seconds["resize"]  # the glance part above includes its input's resize
+    seconds["focus"] -= seconds["crop"]  # and the focus part its crop
+    total_s, total_macs = sum(seconds.values()), sum(costs[u] for u in UNITS)
+    print(f"{'part of the batched forward':<28} {'time':>7} {'MACs':>7}")
+    for part, sec in seconds.items():
+        share = costs[part] / total_macs if part in UNITS else 0.0
+        print(f"{part:<28} {sec / total_s:>7.1%} {share:>7.1%}")
+
+
+def bench_paper(videos: int, batch: int, repeats: int, only: str | None = None) -> None:
     torch.manual_seed(0)
     model = AdaFocus(num_classes=200, patch_size=128)
     full_frame = copy.deepcopy(model.focus)  # ResNet-50 with its 200-way head, on whole frames
@@ -96,10 +163,11 @@ def bench_paper(videos: int, batch: int, repeats: int) -> None:
         clips,
         batch,
         repeats,
+        only,
     )
 
 
-def bench_run(run: Path, batch: int, repeats: int) -> None:
+def bench_run(run: Path, batch: int, repeats: int, only: str | None = None) -> None:
     cfg = load_config(DemoConfig, [str(run / "config.yaml")])
     root = Path(cfg.root)
     storage = root / {"frames": "frames", "lmdb": "frames.lmdb", "video": "videos"}[cfg.data.storage]
@@ -126,6 +194,7 @@ def bench_run(run: Path, batch: int, repeats: int) -> None:
         clips,
         batch,
         repeats,
+        only,
     )
 
 
@@ -136,13 +205,16 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=8, help="--paper: videos to run")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--only", choices=STRATEGIES, help="run only this strategy (no warm-up, no comparison)"
+    )
     args = parser.parse_args()
     if not args.paper and not args.run:
         parser.error("give --paper and/or --run DIR")
     if args.run:
-        bench_run(args.run, args.batch, args.repeats)
+        bench_run(args.run, args.batch, args.repeats, args.only)
     if args.paper:
-        bench_paper(args.videos, args.batch, args.repeats)
+        bench_paper(args.videos, args.batch, args.repeats, args.only)
 
 
 if __name__ == "__main__":

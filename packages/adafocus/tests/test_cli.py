@@ -220,6 +220,13 @@ def test_exit_threshold_and_random_patches(chain, tmp_path):
         "random",
     )
     assert stage1["num_videos"] == full["num_videos"]  # a stage-1 model is evaluated on random patches
+    # frame skipping at similarity -1: every frame after the first is only glanced
+    skip, rows = _test(chain, "lmdb", tmp_path / "skip", "--checkpoint.init", s3, "--skip_similarity", "-1")
+    assert skip["mean_steps"] == 4 and skip["mean_focused"] == 1 and skip["skip_similarity"] == -1
+    assert all(r["skipped"] == [1, 2, 3] and r["patches"][1:] == [None] * 3 for r in rows)
+    costs = skip["unit_costs_macs"]
+    focused_once = 4 * costs["glance"] + costs["policy"] + costs["focus"] + costs["classifier"]
+    assert skip["mean_gmacs"] * 1e9 == pytest.approx(focused_once)
 
 
 def test_show_draws_the_patches(chain, tmp_path, capsys):
@@ -354,11 +361,15 @@ def test_demo_end_to_end_tiny(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     for text in ("full frame", "glance alone", "AdaFocus, random patches", "AdaFocus, policy by PPO",
                  "AdaFocus, policy by differentiable crop", "AdaFocus+, PPO policy, exit at p>=0.5",
+                 "AdaFocus+, PPO policy, skip + exit at p>=0.5", "AdaFocus+, PPO policy, skip at similarity>=",
                  "Patches holding at least half of the object", "[stage2-ppo:"):  # fmt: skip
         assert text in out
     assert ("Target met" in out) or ("Target NOT met" in out)
     rows = read_results(tmp_path / "run" / "results.json")
-    assert len(rows) == 6 and all(r.gmacs_per_video > 0 and r.videos_per_s > 0 for r in rows)
+    assert len(rows) == 8 and all(r.gmacs_per_video > 0 and r.videos_per_s > 0 for r in rows)
+    skip_row = rows[5]  # frames: those the focus network saw; every frame was glanced
+    assert skip_row.setting.startswith("PPO policy, skip at") and skip_row.extra["frames_glanced"] == 4
+    assert skip_row.frames_per_video <= 4 and skip_row.gmacs_per_video <= rows[3].gmacs_per_video
     assert rows[0].gmacs_per_video > rows[2].gmacs_per_video  # a patch costs less than the frame
     assert 0 <= rows[2].extra["coverage"] <= 1
     for name in ("results.txt", "tradeoff.png", "patches_ppo.png", "stage3-ppo/model.pt", "stage0/model.pt"):

@@ -65,3 +65,87 @@ def test_step_loader_decodes_only_active_videos(setup):
     assert result.exit_step.tolist() == [0] * 6 and requested == [(0, [0, 1, 2, 3, 4, 5])]
     with pytest.raises(ValueError, match="needs batch_size and num_steps"):
         early_exit(model, load_step)
+
+
+def _with_repeats(clips):
+    """Frames 1 and 3 repeat frames 0 and 2: their glance maps are the same (similarity 1)."""
+    return clips[:, [0, 0, 2, 2]].clone()
+
+
+def test_skipped_frames_reach_neither_policy_nor_focus_and_cost_only_the_glance(setup):
+    model, clips, _ = setup
+    repeated = _with_repeats(clips)
+    with torch.no_grad():
+        maps = model(repeated).glance_maps.flatten(2)
+    assert (torch.cosine_similarity(maps[:, 2], maps[:, 0], dim=1) < 0.999).all(), "test frames too alike"
+    calls = {"focus": 0, "policy": 0, "classifier": 0}
+
+    def counter(name):
+        def hook(module, args, output):
+            calls[name] += args[0].shape[0] if name != "classifier" else args[0].shape[0] * args[0].shape[1]
+
+        return hook
+
+    handles = [
+        model.policy.state_encoder.register_forward_hook(counter("policy")),
+        model.classifier.register_forward_hook(counter("classifier")),
+    ]
+    focus_features = model.focus.forward_features  # the focus network runs through this method
+
+    def counted_focus(patches):
+        calls["focus"] += patches.shape[0]
+        return focus_features(patches)
+
+    model.focus.forward_features = counted_focus
+    try:
+        result = early_exit(model, repeated, skip_similarity=0.999)
+    finally:
+        del model.focus.forward_features
+        for h in handles:
+            h.remove()
+    assert result.skipped.tolist() == [[False, True, False, True]] * 6
+    assert result.focused_steps.tolist() == [2] * 6 and result.steps_used.tolist() == [4] * 6
+    assert calls == {"focus": 12, "policy": 12, "classifier": 12}  # 6 videos x 2 focused frames
+    assert result.top_left[:, [1, 3]].eq(-1).all() and result.actions[:, [1, 3]].eq(-1).all()
+    # a skipped frame changes nothing: the prediction is that of the clip without the repeats
+    with torch.no_grad():
+        kept = model(clips[:, [0, 2]])
+    torch.testing.assert_close(result.logits, kept.video_logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(result.step_logits[:, 1], result.step_logits[:, 0])
+    assert torch.equal(result.actions[:, [0, 2]], kept.actions)
+    # cost: 4 glances, 2 x (policy + focus + classifier), as FlopCounterMode measures
+    costs = measure_unit_costs(model, (40, 40))
+    macs = video_macs(result.steps_used, costs, focused=result.focused_steps)
+    expected = 4 * costs["glance"] + 2 * (costs["policy"] + costs["focus"] + costs["classifier"])
+    assert float(macs["total"][0]) == expected
+    for i in (0, 3):
+        crosscheck(
+            lambda i=i: early_exit(model, repeated[i : i + 1], skip_similarity=0.999), macs["total"][i]
+        )
+
+
+def test_skipping_with_exit_and_without_similar_frames(setup):
+    model, clips, full = setup
+    # similarity above 1 is never reached by different frames: nothing is skipped
+    plain = early_exit(model, clips, skip_similarity=1.0)
+    assert not plain.skipped.any()
+    torch.testing.assert_close(plain.logits, full.video_logits, rtol=1e-5, atol=1e-5)
+    # -1 skips every frame after the first: one focused step, then the exit at the last step
+    everything = early_exit(model, clips, skip_similarity=-1.0)
+    assert everything.skipped[:, 1:].all() and not everything.skipped[:, 0].any()
+    torch.testing.assert_close(everything.logits, full.logits[:, 0], rtol=1e-5, atol=1e-5)
+    # with an exit threshold, a video leaves at its first confident step; skipped steps are
+    # still counted as steps reached, not as focused
+    conf = torch.softmax(full.logits[:, 0], 1).amax(1)
+    threshold = float(conf.median())
+    both = early_exit(model, _with_repeats(clips), skip_similarity=0.999, threshold=threshold)
+    step_conf = torch.softmax(both.step_logits, 2).amax(2)  # NaN after the exit
+    for i in range(6):
+        steps = int(both.steps_used[i])
+        assert (step_conf[i, : steps - 1] < threshold).all()
+        assert steps == 4 or step_conf[i, steps - 1] >= threshold
+        assert steps == 1 or conf[i] < threshold
+        assert int(both.focused_steps[i]) == (steps + 1) // 2
+    assert set(both.steps_used.tolist()) - {1} and 1 in both.steps_used.tolist()
+    with pytest.raises(ValueError, match="cosine similarity"):
+        early_exit(model, clips, skip_similarity=1.5)

@@ -115,6 +115,37 @@ def test_stage2_rewards_follow_the_original_order(setup):
     assert logs["approx_kl"] == pytest.approx(0.0, abs=1e-6) and logs["clip_fraction"] == 0.0
 
 
+def test_stage2_frame_reward_judges_each_patch_from_a_fresh_state(setup):
+    model, batch = setup
+    seq_rollout, _ = PolicyStep(model, generator=torch.Generator().manual_seed(2)).train().collect(batch)
+    step = PolicyStep(model, reward="frame", generator=torch.Generator().manual_seed(2)).train()
+    rollout, _ = step.collect(batch)
+    assert torch.equal(rollout.actions, seq_rollout.actions)  # same draws, other reward
+    g = torch.Generator().manual_seed(2)
+    video, labels = batch["video"], batch["label"]
+    with torch.no_grad():
+        out = model(video, sample=True, generator=g)
+        random_corners = torch.stack(
+            [torch.randint(0, 24, (12,), generator=g), torch.randint(0, 24, (12,), generator=g)], 1
+        ).view(3, 4, 2)
+        rewards = []
+        for t in range(4):
+            frame = video[:, t]
+            pooled = model.glance.forward_features(F.interpolate(frame, size=(32, 32)))
+            p = {}
+            for name, corners in (("policy", out.top_left[:, t]), ("random", random_corners[:, t])):
+                feat = torch.cat([pooled, model.focus.forward_features(crop_patches(frame, corners, 16))], 1)
+                logits, _ = model.classifier.step(feat, None)  # the zero state at every step
+                p[name] = torch.softmax(logits, 1).gather(1, labels[:, None])[:, 0]
+            rewards.append(p["policy"] - p["random"])
+    torch.testing.assert_close(rollout.rewards, torch.stack(rewards), rtol=1e-5, atol=1e-6)
+    # from step 1 on the two rewards differ (the sequence reward sees the classifier's state)
+    assert (rollout.rewards[1:] - seq_rollout.rewards[1:]).abs().max() > 1e-4
+    torch.testing.assert_close(rollout.rewards[0], seq_rollout.rewards[0])
+    with pytest.raises(ValueError, match="reward must be"):
+        PolicyStep(model, reward="episode")
+
+
 def test_stage3_trains_the_classifier_on_argmax_patches(setup):
     model, batch = setup
     step = ClassifierStep(model).train()

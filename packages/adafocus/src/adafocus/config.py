@@ -35,6 +35,8 @@ __all__ = [
 
 STAGES = (0, 1, 2, 3)
 POLICIES = ("argmax", "sample", "random")
+#: how stage 2 (PPO) rewards a patch; see :class:`adafocus.steps.PolicyStep`
+REWARDS = ("sequence", "frame")
 
 
 def _positive(key: str, value: float, *, allow_zero: bool = False) -> None:
@@ -138,8 +140,14 @@ class PPOConfig:
     clip: float = option(0.2, "PPO ratio clip")
     value_coef: float = option(0.5, "weight of the critic's MSE")
     entropy_coef: float = option(0.01, "weight of the entropy bonus")
+    reward: str = option(
+        "sequence",
+        "sequence: p_y(policy patch) - p_y(random patch) from the classifier state before the step "
+        "(the original); frame: the same from a fresh classifier state, i.e. each patch judged alone",
+    )
 
     def __post_init__(self) -> None:
+        check_choice("ppo.reward", self.reward, REWARDS)
         if self.epochs < 1:
             raise ValueError(f"ppo.epochs must be >= 1; got {self.epochs}")
         if not 0.0 <= self.gamma <= 1.0:
@@ -239,6 +247,11 @@ class EvalConfig(RunConfig):
     exit_threshold: float | None = option(
         None, "early exit (AdaFocus+): a video stops once its top class probability reaches this"
     )
+    skip_similarity: float | None = option(
+        None,
+        "frame skipping (AdaFocus+): a frame whose glance map has at least this cosine similarity "
+        "with the last focused frame's is only glanced",
+    )
     stream: bool = option(True, "decode each frame only when a video reaches its step")
     seed: int = option(0, "seed of sampled or random patch positions")
     random_weights: bool = option(
@@ -249,6 +262,8 @@ class EvalConfig(RunConfig):
         check_choice("policy", self.policy, POLICIES)
         if self.exit_threshold is not None and not 0.0 <= self.exit_threshold <= 1.0:
             raise ValueError(f"exit_threshold must be a probability in [0, 1]; got {self.exit_threshold}")
+        if self.skip_similarity is not None and not -1.0 <= self.skip_similarity <= 1.0:
+            raise ValueError(f"skip_similarity is a cosine similarity in [-1, 1]; got {self.skip_similarity}")
         if self.checkpoint.init is None and not self.random_weights:
             raise ValueError(
                 "no weights: give --checkpoint.init (a model.pt, or an authors' checkpoint with "
@@ -358,13 +373,20 @@ class DemoConfig(RunConfig):
     exit_thresholds: list[float] = option(
         doc="early-exit thresholds of AdaFocus+", default_factory=lambda: [0.9, 0.99]
     )
+    skip_similarity: float = option(
+        0.997, "frame skipping of AdaFocus+: the glance-map cosine similarity at which a frame is skipped"
+    )
 
     def __post_init__(self) -> None:
         if self.size < 32:
             raise ValueError(f"size must be >= 32; got {self.size}")
         if not 0.0 <= self.early_fraction <= 1.0:
             raise ValueError(f"early_fraction must be in [0, 1]; got {self.early_fraction}")
+        if not self.exit_thresholds:
+            raise ValueError("exit_thresholds needs at least one threshold (the AdaFocus+ rows)")
         for t in self.exit_thresholds:
             if not 0.0 <= t <= 1.0:
                 raise ValueError(f"exit_thresholds must be probabilities; got {t}")
+        if not -1.0 <= self.skip_similarity <= 1.0:
+            raise ValueError(f"skip_similarity is a cosine similarity in [-1, 1]; got {self.skip_similarity}")
         check_geometry(self.model, self.data)

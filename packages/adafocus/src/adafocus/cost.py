@@ -3,7 +3,8 @@
 One step of AdaFocus runs four units once per video: ``glance`` (one frame at the glance size),
 ``policy`` (encoder, GRU step and actor; the critic is used only in training), ``focus`` (one
 P x P patch) and ``classifier`` (one GRU step and the Linear). A video that stops after ``s``
-steps costs ``s x (glance + policy + focus + classifier)``; cropping and resizing are indexing
+steps costs ``s x (glance + policy + focus + classifier)``, less ``policy + focus + classifier``
+for each frame it skipped (AdaFocus+: a skipped frame is only glanced); cropping and resizing are indexing
 and interpolation, which the counter (rightly) does not count.
 """
 
@@ -40,16 +41,25 @@ def measure_unit_costs(model: AdaFocus, frame_hw: tuple[int, int]) -> UnitCosts:
 
 
 def video_macs(
-    steps: torch.Tensor | int, costs: UnitCosts, *, policy: bool = True
+    steps: torch.Tensor | int,
+    costs: UnitCosts,
+    *,
+    policy: bool = True,
+    focused: torch.Tensor | int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per-video MACs (float64, (B,)) for videos that ran ``steps`` steps each.
 
     Returns ``total`` and one entry per unit; ``steps`` may be an int (every video the same).
-    ``policy=False``: the positions did not come from the policy (random patches), which then
-    cost nothing.
+    ``focused``: of those steps, the ones that were not skipped (AdaFocus+): the glance runs on
+    every step reached, the policy, focus network and classifier only on the focused ones
+    (default: all ``steps``). ``policy=False``: the positions did not come from the policy
+    (random patches), which then cost nothing.
     """
     counts = torch.as_tensor(steps, dtype=torch.float64)
-    ran = {unit: counts * (1.0 if policy or unit != "policy" else 0.0) for unit in UNITS}
+    done = counts if focused is None else torch.as_tensor(focused, dtype=torch.float64)
+    ran = {"glance": counts} | {
+        unit: done * (1.0 if policy or unit != "policy" else 0.0) for unit in UNITS[1:]
+    }
     out = {unit: per_sample_macs({unit: n}, costs) for unit, n in ran.items()}
     out["total"] = per_sample_macs(ran, costs)
     return out

@@ -9,7 +9,8 @@
 4. stage 2 twice from stage 1: the policy by PPO, and AdaFocusV2-style through the differentiable
    crop; then stage 3 (the classifier) after each;
 5. evaluate on the validation videos: accuracy, GMACs and videos/s of every model, AdaFocus+
-   (early exit) at the configured thresholds, and how often the patches cover the object (from
+   (frame skipping at ``skip_similarity``, early exit at the configured thresholds, and both
+   together; see :mod:`adafocus.inference`), and how often the patches cover the object (from
    the generator's masks); print the table, write ``results.txt`` (with a verdict),
    ``results.json`` (the core's rows), ``tradeoff.png`` and one ``adafocus-show`` picture.
 """
@@ -84,10 +85,13 @@ def object_masks(spec: SyntheticSpec, dataset: VideoClassificationDataset) -> li
 
 
 def patch_coverage(evaluation: Evaluation, masks: list[np.ndarray], *, at_least: float = 0.5) -> float:
-    """Share of the frames processed whose patch holds at least ``at_least`` of the object's pixels."""
+    """Share of the frames focused on whose patch holds at least ``at_least`` of the object's pixels."""
     hits = total = 0
     for row, video_masks in zip(evaluation.rows, masks):
-        for (top, left, bottom, right), mask in zip(row["patches"], video_masks):
+        for box, mask in zip(row["patches"], video_masks):
+            if box is None:  # a skipped frame: no patch
+                continue
+            top, left, bottom, right = box
             inside = mask[top:bottom, left:right].sum()
             hits += int(inside >= at_least * mask.sum())
             total += 1
@@ -131,9 +135,9 @@ def _row(method: str, setting: str, result: Evaluation, **extra) -> ResultRow:
         setting=setting,
         metrics={"top1": m["top1"], "map": m["map"]},
         gmacs_per_video=m["mean_gmacs"],
-        frames_per_video=m["mean_steps"],
+        frames_per_video=m["mean_focused"],  # frames the focus network saw
         videos_per_s=m["videos_per_s"],
-        extra=extra,
+        extra={"frames_glanced": m["mean_steps"], **extra},
     )
 
 
@@ -222,16 +226,27 @@ def run_demo(cfg: DemoConfig, run_dir: Path) -> None:
     ]
     random_eval = evaluate(warm, policy="random")
     coverage = {"random patches": patch_coverage(random_eval, masks)}
-    rows.append(_row("AdaFocus", "random patches", random_eval, coverage=coverage["random patches"]))
+    # one marker per AdaFocus model in the plot (a method with several settings is drawn as a curve)
+    rows.append(_row("AdaFocus, random patches", "", random_eval, coverage=coverage["random patches"]))
     names = {"ppo": "policy by PPO", "differentiable": "policy by differentiable crop"}
     for variant, final in finals.items():
         result = evaluate(final)
         coverage[names[variant]] = patch_coverage(result, masks)
         result.write(run_dir / f"stage3-{variant}")
-        rows.append(_row("AdaFocus", names[variant], result, coverage=coverage[names[variant]]))
+        rows.append(_row(f"AdaFocus, {names[variant]}", "", result, coverage=coverage[names[variant]]))
+    skip = cfg.skip_similarity
+    plus = {
+        f"PPO policy, skip at similarity>={skip:g}": {"skip_similarity": skip},
+        f"PPO policy, exit at p>={cfg.exit_thresholds[0]:g}": {"threshold": cfg.exit_thresholds[0]},
+    }
     for threshold in cfg.exit_thresholds:
-        result = evaluate(finals["ppo"], threshold=threshold)
-        rows.append(_row("AdaFocus+", f"PPO policy, exit at p>={threshold:g}", result))
+        plus[f"PPO policy, skip + exit at p>={threshold:g}"] = {
+            "skip_similarity": skip,
+            "threshold": threshold,
+        }
+    for setting, options in plus.items():
+        result = evaluate(finals["ppo"], **options)
+        rows.append(_row("AdaFocus+", setting, result, coverage=patch_coverage(result, masks)))
     clock.lap("evaluation")
 
     picture = run_dir / "patches_ppo.png"
@@ -254,7 +269,7 @@ def run_demo(cfg: DemoConfig, run_dir: Path) -> None:
     )
 
     table = format_results(rows, reference=baseline, metric="top1")
-    adafocus_rows = [r for r in rows if r.method.startswith("AdaFocus") and r.setting != "random patches"]
+    adafocus_rows = [r for r in rows if r.method.startswith("AdaFocus") and "random" not in r.method]
     passing = [
         r
         for r in adafocus_rows
@@ -276,7 +291,11 @@ def run_demo(cfg: DemoConfig, run_dir: Path) -> None:
     cover = "; ".join(f"{name} {share:.1%}" for name, share in coverage.items())
     cover_line = f"Patches holding at least half of the object (share of frames): {cover}."
     print("\n" + table)
-    print("GMACs = 1e9 multiply-accumulates per video, measured; videos/s include decoding (this machine).")
+    print(
+        "frames = frames the focus network saw (AdaFocus+ glances at every frame up to its exit, skipped "
+        "ones included); GMACs = 1e9 multiply-accumulates per video, measured; videos/s include decoding "
+        "(this machine)."
+    )
     print(cover_line)
     print(verdict)
     print(f"picture of the PPO policy's patches on {first_key} (green; the object in yellow): {picture}")

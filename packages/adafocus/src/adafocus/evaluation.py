@@ -45,8 +45,10 @@ class Evaluation:
         )
         return (
             f"videos: {m['num_videos']}  top1: {m['top1']:.4f}  mAP: {m['map']:.4f}  "
-            f"(patches: {m['policy']}, exit threshold: {m['exit_threshold']})\n"
-            f"steps per video: {m['mean_steps']:.2f}  GMACs per video: {m['mean_gmacs']:.4f}  "
+            f"(patches: {m['policy']}, exit threshold: {m['exit_threshold']}, "
+            f"skip similarity: {m['skip_similarity']})\n"
+            f"steps per video: {m['mean_steps']:.2f} (focused {m['mean_focused']:.2f})  "
+            f"GMACs per video: {m['mean_gmacs']:.4f}  "
             f"videos/s: {m['videos_per_s']:.1f}\n"
             f"exit histogram (steps used: share of videos): {hist}{note}"
         )
@@ -54,15 +56,20 @@ class Evaluation:
 
 def _row(dataset: VideoClassificationDataset, i: int, j: int, result, macs, patch: int) -> dict[str, Any]:
     steps = int(result.exit_step[j]) + 1
-    boxes = [[int(y), int(x), int(y) + patch, int(x) + patch] for y, x in result.top_left[j, :steps].tolist()]
+    skipped = result.skipped[j, :steps].tolist()
+    boxes = [
+        None if skip else [int(y), int(x), int(y) + patch, int(x) + patch]
+        for (y, x), skip in zip(result.top_left[j, :steps].tolist(), skipped)
+    ]
     step_probs = torch.softmax(result.step_logits[j, :steps], 1)
     return {
         "video": dataset.records[i].key,
         "labels": list(dataset.records[i].labels),
         "exit_step": steps - 1,
         "steps_used": steps,
+        "skipped": [t for t, skip in enumerate(skipped) if skip],  # steps only glanced
         "gmacs": float(macs["total"][j]) / 1e9,
-        "patches": boxes,  # per step: [top, left, bottom, right) in the transformed frame's pixels
+        "patches": boxes,  # per step: [top, left, bottom, right) in the transformed frame's pixels (None: skipped)
         "actions": result.actions[j, :steps].tolist(),
         "step_probs": [[round(float(p), 6) for p in row] for row in step_probs],
         "probs": [round(float(p), 6) for p in result.probs[j]],
@@ -78,6 +85,7 @@ def evaluate_dataset(
     device: torch.device,
     policy: str = "argmax",
     threshold: float | None = None,
+    skip_similarity: float | None = None,
     stream: bool = True,
     num_threads: int = 0,
     seed: int = 0,
@@ -87,7 +95,9 @@ def evaluate_dataset(
     """Step-by-step inference over ``dataset`` in batches of ``batch_size`` videos.
 
     Positions come from ``policy`` (``argmax``, ``sample`` or ``random``); a video stops once
-    its top class probability reaches ``threshold`` (None: every video runs every step).
+    its top class probability reaches ``threshold`` (None: every video runs every step); a frame
+    whose glance map is as similar as ``skip_similarity`` to the last focused one is only glanced
+    (AdaFocus+, see :func:`~adafocus.inference.early_exit`; None: no skipping).
     ``stream``: a frame is decoded when a video reaches its step, never for steps it does not
     reach (``num_threads`` decoding in parallel). ``videos_per_s`` is the measured throughput,
     decoding included.
@@ -116,6 +126,7 @@ def evaluate_dataset(
                     len(ids),
                     num_steps=num_steps,
                     threshold=threshold,
+                    skip_similarity=skip_similarity,
                     policy=policy,
                     generator=generator,
                 )
@@ -132,7 +143,9 @@ def evaluate_dataset(
             targets = torch.stack([dataset.label(i) for i in ids])
             hit1.update((result.probs, targets))
             mean_ap.update((result.probs, targets))
-            macs = video_macs(result.steps_used, costs, policy=policy != "random")
+            macs = video_macs(
+                result.steps_used, costs, policy=policy != "random", focused=result.focused_steps
+            )
             rows.extend(_row(dataset, i, j, result, macs, model.patch_size) for j, i in enumerate(ids))
     finally:
         if pool:
@@ -145,7 +158,9 @@ def evaluate_dataset(
         "map": mean_ap.compute(),
         "policy": policy,
         "exit_threshold": threshold,
+        "skip_similarity": skip_similarity,
         "mean_steps": float(steps.mean()),
+        "mean_focused": float(np.mean([r["steps_used"] - len(r["skipped"]) for r in rows])),
         "mean_gmacs": float(np.mean([r["gmacs"] for r in rows])),
         "videos_per_s": len(rows) / seconds,
         "exit_histogram": {str(k): float((steps == k).mean()) for k in range(1, num_steps + 1)},

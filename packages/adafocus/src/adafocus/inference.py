@@ -1,11 +1,23 @@
-"""Batched inference with a training-free early exit (the "+" of AdaFocus, as AdaFocusV2 does it).
+"""Batched inference with AdaFocus+: frame skipping and early exit, both training-free.
 
-The original released no AdaFocus+ code; its successors exit when the classifier is confident.
-Here a batch of videos advances step by step over an active set: each step glances, picks a
-position, focuses and advances the classifier for the videos still active, and a video leaves
-the set once its step prediction's top softmax probability reaches ``threshold`` (or at the last
-step). Without a threshold every video runs all T steps and the result equals the batched
-:meth:`~adafocus.model.AdaFocus.forward` (which is faster then: one glance and one focus pass).
+The original released no AdaFocus+ code. The paper's AdaFocus+ skips "less valuable frames"
+(temporal redundancy); its successors also exit once the classifier is confident. Here a batch of
+videos advances step by step over an active set. At each step every active video is glanced; then
+
+* **skip** (``skip_similarity``): a frame whose glance feature map is nearly the same as that of
+  the last frame the video focused on (cosine similarity of the flattened maps >=
+  ``skip_similarity``) brings nothing the classifier has not seen. Only the glance runs for it:
+  no policy step, no patch, no focus network, no classifier step, so the prediction and both
+  recurrent states carry over unchanged. The first frame is never skipped. The glance map holds
+  where things are as well as what they are, so an object that moved makes the maps differ;
+* **exit** (``threshold``): a video leaves the set once its prediction's top softmax probability
+  reaches ``threshold`` (or at the last step).
+
+The frames that are not skipped get a position from the policy, a patch, the focus network and a
+classifier step. Without either option every video runs all T steps and the result equals the
+batched :meth:`~adafocus.model.AdaFocus.forward` (which is faster then: one glance and one focus
+pass). The cost of a video is counted per unit (:func:`~adafocus.cost.video_macs`): the glance
+for every step reached, the other units for the focused steps only.
 """
 
 from __future__ import annotations
@@ -32,10 +44,17 @@ class ExitResult:
     top_left: torch.Tensor  # (B, T, 2) int64 patch corners; -1 for steps not run
     actions: torch.Tensor  # (B, T) int64 grid positions; -1 for steps not run (or random patches)
     step_logits: torch.Tensor  # (B, T, K) the prediction after every step; NaN for steps not run
+    skipped: torch.Tensor  # (B, T) bool: glanced, judged redundant, not focused (False when not run)
 
     @property
     def steps_used(self) -> torch.Tensor:
+        """(B,) steps reached (each glanced once)."""
         return self.exit_step + 1
+
+    @property
+    def focused_steps(self) -> torch.Tensor:
+        """(B,) steps that ran the policy, the focus network and the classifier."""
+        return self.steps_used - self.skipped.sum(1)
 
     @property
     def probs(self) -> torch.Tensor:
@@ -50,10 +69,12 @@ def early_exit(
     *,
     num_steps: int | None = None,
     threshold: float | None = None,
+    skip_similarity: float | None = None,
     policy: str = "argmax",
     generator: torch.Generator | None = None,
 ) -> ExitResult:
-    """Run AdaFocus step by step on a batch, dropping videos once they are confident.
+    """Run AdaFocus step by step on a batch, skipping redundant frames and dropping videos once
+    they are confident.
 
     Args:
         model: an :class:`AdaFocus` (run in eval mode: argmax positions, no dropout).
@@ -61,11 +82,15 @@ def early_exit(
             frames of one step (then ``batch_size`` and ``num_steps`` are required), so that
             frames of exited videos are never decoded.
         threshold: exit when max softmax >= threshold; None: never before the last step.
+        skip_similarity: skip a frame whose glance map has a cosine similarity >= this with the
+            map of the video's last focused frame; None: focus on every frame reached.
         policy: one of :data:`POLICIES`.
         generator: the draws of ``sample`` and ``random``.
     """
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {', '.join(POLICIES)}; got {policy!r}")
+    if skip_similarity is not None and not -1.0 <= skip_similarity <= 1.0:
+        raise ValueError(f"skip_similarity is a cosine similarity in [-1, 1]; got {skip_similarity}")
     model.eval()
     if isinstance(clips, torch.Tensor):
         model.check_clips(clips)
@@ -84,22 +109,47 @@ def early_exit(
     top_left = torch.full((batch_size, num_steps, 2), -1, dtype=torch.long)
     actions = torch.full((batch_size, num_steps), -1, dtype=torch.long)
     step_logits = torch.full((batch_size, num_steps, model.num_classes), float("nan"))
+    skipped = torch.zeros(batch_size, num_steps, dtype=torch.bool)
+    last_logits = torch.zeros(batch_size, model.num_classes, device=device)
+    seen = None  # (B, C*h*w) glance map of each video's last focused frame
     active = torch.arange(batch_size)
     for step in range(num_steps):
         frames = load_step(active.tolist(), step).to(device)
         idx = active.to(device)
         maps, pooled = model.glance_frames(frames)
-        if policy == "random":
-            hw = tuple(frames.shape[-2:])
-            corners = random_top_left(len(active), hw, model.patch_size, generator=generator).to(device)
+        if skip_similarity is not None:
+            flat = maps.flatten(1).float()
+            if seen is None:
+                seen = torch.zeros(batch_size, flat.shape[1], device=device)
+            redundant = torch.zeros(len(active), dtype=torch.bool, device=device)
+            if step > 0:
+                redundant = torch.cosine_similarity(flat, seen[idx], dim=1) >= skip_similarity
+            skipped[active, step] = redundant.cpu()
+            run = ~redundant
+            seen[idx[run]] = flat[run]
         else:
-            chosen = model.policy.act(maps, policy_h[idx], sample=policy == "sample", generator=generator)
-            corners = model.actions_to_top_left(chosen.action, tuple(frames.shape[-2:]))
-            policy_h[idx] = chosen.hidden
-            actions[active, step] = chosen.action.cpu()
-        local = model.focus_patches(frames, corners)
-        logits, classifier_h[idx] = model.classifier.step(torch.cat([pooled, local], 1), classifier_h[idx])
-        top_left[active, step] = corners.cpu()
+            run = torch.ones(len(active), dtype=torch.bool, device=device)
+        state = (policy_h, classifier_h, top_left, actions)
+        if bool(run.all()):
+            logits = _focus_step(
+                model, frames, maps, pooled, active, step, policy=policy, generator=generator, state=state
+            )
+        else:
+            logits = last_logits[idx]  # a skipped frame leaves the prediction as it was
+            if bool(run.any()):
+                r = run.cpu()
+                logits[run] = _focus_step(
+                    model,
+                    frames[run],
+                    maps[run],
+                    pooled[run],
+                    active[r],
+                    step,
+                    policy=policy,
+                    generator=generator,
+                    state=state,
+                ).to(logits.dtype)
+        last_logits[idx] = logits.float()
         step_logits[active, step] = logits.float().cpu()
         if step == num_steps - 1:
             leaving = torch.ones(len(active), dtype=torch.bool)
@@ -113,4 +163,35 @@ def early_exit(
         active = active[~leaving]
         if len(active) == 0:
             break
-    return ExitResult(exit_step, logits_out, top_left, actions, step_logits)
+    return ExitResult(exit_step, logits_out, top_left, actions, step_logits, skipped)
+
+
+def _focus_step(
+    model: AdaFocus,
+    frames: torch.Tensor,
+    maps: torch.Tensor,
+    pooled: torch.Tensor,
+    videos: torch.Tensor,
+    step: int,
+    *,
+    policy: str,
+    generator: torch.Generator | None,
+    state: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+) -> torch.Tensor:
+    """Policy, patch, focus and classifier step for ``videos`` (N,) of the batch at ``step``:
+    frames (N, 3, H, W), their glance maps and pooled features -> logits (N, K). Updates the
+    recurrent states and the corner/action records in ``state`` in place."""
+    policy_h, classifier_h, top_left, actions = state
+    idx = videos.to(frames.device)
+    if policy == "random":
+        hw = tuple(frames.shape[-2:])
+        corners = random_top_left(len(videos), hw, model.patch_size, generator=generator).to(frames.device)
+    else:
+        chosen = model.policy.act(maps, policy_h[idx], sample=policy == "sample", generator=generator)
+        corners = model.actions_to_top_left(chosen.action, tuple(frames.shape[-2:]))
+        policy_h[idx] = chosen.hidden
+        actions[videos, step] = chosen.action.cpu()
+    local = model.focus_patches(frames, corners)
+    logits, classifier_h[idx] = model.classifier.step(torch.cat([pooled, local], 1), classifier_h[idx])
+    top_left[videos, step] = corners.cpu()
+    return logits

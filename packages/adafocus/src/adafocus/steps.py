@@ -151,7 +151,11 @@ class PolicyStep(_Stage):
     for several epochs per rollout use :meth:`collect` with :func:`~adafocus.policy.ppo_update`).
 
     Reward ``r_t = softmax(c(h_{t-1}, [g_t, l_t^policy]))[y] - softmax(c(h_{t-1}, [g_t, l_t^random]))[y]``:
-    both from the classifier state before step t; only the policy step advances that state.
+    both from the classifier state before step t; only the policy step advances that state
+    (``reward="sequence"``, the original). With ``reward="frame"`` both terms come from a fresh
+    (zero) classifier state, as at the first step: each patch is judged on what it shows alone.
+    The original's reward vanishes once the classifier is confident, so after the first good
+    patch nothing rewards following a moving object; the frame reward does not vanish.
     """
 
     def __init__(
@@ -162,11 +166,14 @@ class PolicyStep(_Stage):
         clip: float = 0.2,
         value_coef: float = 0.5,
         entropy_coef: float = 0.01,
+        reward: str = "sequence",
         generator: torch.Generator | None = None,
     ) -> None:
+        if reward not in ("sequence", "frame"):
+            raise ValueError(f"reward must be 'sequence' or 'frame', got {reward!r}")
         super().__init__(model)
         self.gamma, self.clip, self.value_coef, self.entropy_coef = gamma, clip, value_coef, entropy_coef
-        self.generator = generator
+        self.reward, self.generator = reward, generator
 
     def _trained(self) -> tuple[nn.Module, ...]:
         return (self.model.policy,)
@@ -184,11 +191,17 @@ class PolicyStep(_Stage):
         baseline_local = m.focus_patches(video.flatten(0, 1), random_corners)
         pooled = out.features[..., : m.glance.num_features].flatten(0, 1)
         baseline_features = torch.cat([pooled, baseline_local], 1).view(b, t, -1)
-        # classifier states before each step: h_{-1} = 0, then the policy sequence's states
-        states, _ = m.classifier.gru(out.features)
-        before = torch.cat([torch.zeros_like(states[:, :1]), states[:, :-1]], 1)
-        baseline_logits, _ = m.classifier(baseline_features.flatten(0, 1)[:, None], before.flatten(0, 1))
-        p_policy = torch.softmax(out.logits, 2).gather(2, labels.view(b, 1, 1).expand(b, t, 1))[..., 0]
+        if self.reward == "sequence":
+            # classifier states before each step: h_{-1} = 0, then the policy sequence's states
+            states, _ = m.classifier.gru(out.features)
+            before = torch.cat([torch.zeros_like(states[:, :1]), states[:, :-1]], 1).flatten(0, 1)
+            policy_logits = out.logits
+        else:  # every frame alone, from the zero state
+            before = None
+            policy_logits, _ = m.classifier(out.features.flatten(0, 1)[:, None])
+            policy_logits = policy_logits.view(b, t, -1)
+        baseline_logits, _ = m.classifier(baseline_features.flatten(0, 1)[:, None], before)
+        p_policy = torch.softmax(policy_logits, 2).gather(2, labels.view(b, 1, 1).expand(b, t, 1))[..., 0]
         p_base = torch.softmax(baseline_logits.view(b, t, -1), 2).gather(
             2, labels.view(b, 1, 1).expand(b, t, 1)
         )
@@ -199,7 +212,8 @@ class PolicyStep(_Stage):
             log_probs=out.log_probs.t().contiguous(),
             rewards=rewards.t().contiguous(),
         )
-        return rollout, {"reward": float(rewards.mean()), "p_true_last": float(p_policy[:, -1].mean())}
+        p_last = torch.softmax(out.logits[:, -1], 1).gather(1, labels[:, None])
+        return rollout, {"reward": float(rewards.mean()), "p_true_last": float(p_last.mean())}
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         rollout, logs = self.collect(batch)

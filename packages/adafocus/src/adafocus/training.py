@@ -236,7 +236,12 @@ def train_stage(model: AdaFocus, cfg: TrainConfig, run_dir: str | Path, dataset=
             return _fit(objective, optimizer, dataset, cfg.data, engine, run_dir, cosine=False)
         p = cfg.ppo
         objective = PolicyStep(
-            model, gamma=p.gamma, clip=p.clip, value_coef=p.value_coef, entropy_coef=p.entropy_coef
+            model,
+            gamma=p.gamma,
+            clip=p.clip,
+            value_coef=p.value_coef,
+            entropy_coef=p.entropy_coef,
+            reward=p.reward,
         )
         return fit_ppo(objective, optimizer, dataset, cfg.data, engine, run_dir, epochs_per_rollout=p.epochs)
     objective = ClassifierStep(model, train_focus=cfg.stage3_focus)

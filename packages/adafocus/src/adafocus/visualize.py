@@ -90,6 +90,7 @@ def show_video(
     device: torch.device,
     policy: str = "argmax",
     threshold: float | None = None,
+    skip_similarity: float | None = None,
     seed: int = 0,
     amp: str = "none",
     mean: tuple[float, ...] = (0.0, 0.0, 0.0),
@@ -99,8 +100,9 @@ def show_video(
     scale: int = 2,
 ) -> dict:
     """Run video ``index`` and write the picture of its frames and patches to ``path`` (``mean`` /
-    ``std``: the normalisation to undo; ``marks``: a box per frame to draw too); returns what was
-    drawn (``patches``, ``exit_step``, ``probs``, ``label``)."""
+    ``std``: the normalisation to undo; ``marks``: a box per frame to draw too; a skipped frame
+    is greyed out like one after the exit); returns what was drawn (``patches``, ``exit_step``,
+    ``probs``, ``label``)."""
     clip = dataset[index]["video"]
     model = model.to(device).eval()
     with torch.no_grad(), autocast(device, amp):
@@ -108,18 +110,23 @@ def show_video(
             model,
             clip[None].to(device),
             threshold=threshold,
+            skip_similarity=skip_similarity,
             policy=policy,
             generator=torch.Generator().manual_seed(seed),
         )
     steps = int(result.exit_step[0]) + 1
     p = model.patch_size
+    skipped = result.skipped[0].tolist()
     patches = [
-        [y, x, y + p, x + p] if t < steps else None for t, (y, x) in enumerate(result.top_left[0].tolist())
+        [y, x, y + p, x + p] if t < steps and not skipped[t] else None
+        for t, (y, x) in enumerate(result.top_left[0].tolist())
     ]
     probs = torch.softmax(result.step_logits[0], 1)
     label = int(dataset.records[index].labels[0])
     captions = [
-        f"t={t} p={float(probs[t, label]):.2f}" if t < steps else f"t={t} (exited)"
+        (f"t={t} skip" if skipped[t] else f"t={t} p={float(probs[t, label]):.2f}")
+        if t < steps
+        else f"t={t} (exited)"
         for t in range(len(patches))
     ]
     frames = to_uint8_frames(clip, mean, std)
