@@ -167,8 +167,14 @@ class DeltaConv(nn.Module):
         clips = x.unflatten(0, (-1, t))
         x0 = clips[:, 0]
         z0 = self.teacher(x0).unsqueeze(1)
-        dz = self._student_delta((clips[:, 1:] - x0.unsqueeze(1)).flatten(0, 1))
-        return torch.cat([z0, z0 + dz.unflatten(0, (-1, t - 1))], 1).flatten(0, 1)
+        dz = self._student_delta((clips[:, 1:] - x0.unsqueeze(1)).flatten(0, 1)).unflatten(0, (-1, t - 1))
+        # inference: reconstruct in the student's fresh output (one full-size tensor fewer per layer)
+        zt = dz.add_(z0) if self._in_place_ok() else z0 + dz
+        return torch.cat([z0, zt], 1).flatten(0, 1)
+
+    def _in_place_ok(self) -> bool:
+        # training keeps dz (student_delta) for the distillation loss, and autograd needs it intact
+        return not (self.training or torch.is_grad_enabled())
 
     def _forward_stream(self, x: torch.Tensor) -> torch.Tensor:
         if self._stream_key or self._key_input is None:
@@ -180,7 +186,8 @@ class DeltaConv(nn.Module):
             raise ValueError(
                 f"streamed input {tuple(x.shape)} differs from its keyframe's {tuple(self._key_input.shape)}"
             )
-        return self._key_output + self._student_delta(x - self._key_input)
+        dz = self._student_delta(x - self._key_input)
+        return dz.add_(self._key_output) if self._in_place_ok() else self._key_output + dz
 
     def reset_stream(self) -> None:
         """Forget the kept keyframe; the next streamed frame is a keyframe."""
