@@ -88,3 +88,24 @@ def test_pairs_of_ddrnet_skip_pre_activation_batchnorms():
     assert len(pairs) == 43  # of 55 BatchNorms: DAPPM's and the heads' 12 come before their conv
     assert pairs["layer1.0.conv1"] == "layer1.0.bn1" and pairs["compression3.0"] == "compression3.1"
     assert "spp.scale1.3" not in pairs  # BN -> ReLU -> conv: nothing before it to fold into
+
+
+def test_inference_reconstruction_equals_the_training_path_and_keeps_channels_last():
+    net = _delta_model("corrected", deployed=True)
+    clips = clips_like(b=2, t=3)
+    reference = forward_clip(net, clips)  # autograd on: z_0 + dz, then torch.cat
+    with torch.no_grad():  # inference: the sum written into a preallocated output
+        torch.testing.assert_close(forward_clip(net, clips), reference, rtol=0, atol=0)
+        net.to(memory_format=torch.channels_last)
+        formats = []
+        hooks = [
+            layer.register_forward_hook(
+                lambda _m, _i, out: formats.append(out.is_contiguous(memory_format=torch.channels_last))
+            )
+            for layer in delta_layers(net).values()
+        ]
+        out = forward_clip(net, clips.contiguous())
+        for hook in hooks:
+            hook.remove()
+    assert formats == [True, True, True]
+    torch.testing.assert_close(out, reference, rtol=0, atol=1e-12)

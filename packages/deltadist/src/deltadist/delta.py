@@ -168,9 +168,18 @@ class DeltaConv(nn.Module):
         x0 = clips[:, 0]
         z0 = self.teacher(x0).unsqueeze(1)
         dz = self._student_delta((clips[:, 1:] - x0.unsqueeze(1)).flatten(0, 1)).unflatten(0, (-1, t - 1))
-        # inference: reconstruct in the student's fresh output (one full-size tensor fewer per layer)
-        zt = dz.add_(z0) if self._in_place_ok() else z0 + dz
-        return torch.cat([z0, zt], 1).flatten(0, 1)
+        if not self._in_place_ok():
+            return torch.cat([z0, z0 + dz], 1).flatten(0, 1)
+        # inference: the delta frames' sum is written straight into the output (no torch.cat copy of
+        # them), and the output keeps the keyframe's memory format (a 5-D cat returns NCHW even
+        # for channels-last inputs, which costs every later convolution a conversion)
+        z0 = z0[:, 0]
+        fmt = torch.channels_last if _channels_last(z0) else torch.contiguous_format
+        out = torch.empty((x.shape[0], *z0.shape[1:]), dtype=z0.dtype, device=z0.device, memory_format=fmt)
+        frames = out.unflatten(0, (-1, t))
+        frames[:, 0] = z0
+        torch.add(dz, z0.unsqueeze(1), out=frames[:, 1:])
+        return out
 
     def _in_place_ok(self) -> bool:
         # training keeps dz (student_delta) for the distillation loss, and autograd needs it intact
@@ -212,6 +221,10 @@ class DeltaConv(nn.Module):
     def extra_repr(self) -> str:
         extra = f", deployed={self._deployed_choice}" if self.deployed else ""
         return f"bias_mode={self.bias_mode}{extra}"
+
+
+def _channels_last(x: torch.Tensor) -> bool:
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
 def _conv_like(conv: nn.Conv2d, *, bias: bool) -> nn.Conv2d:
