@@ -109,3 +109,20 @@ def test_inference_reconstruction_equals_the_training_path_and_keeps_channels_la
             hook.remove()
     assert formats == [True, True, True]
     torch.testing.assert_close(out, reference, rtol=0, atol=1e-12)
+
+
+def test_inference_copy_after_training_leaves_the_model_alone_and_keeps_outputs():
+    from deltadist.inference import inference_copy
+
+    net = _delta_model("corrected", deployed=False).float()
+    clips = clips_like(b=1, t=3, dtype=torch.float32)
+    net.train()
+    forward_clip(net, clips).sum().backward()  # leaves student_delta (with its graph) in the layers
+    net.eval()
+    twin = inference_copy(net, channels_last=True)
+    assert not any(layer.deployed for layer in delta_layers(net).values())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+    assert all(layer.deployed for layer in delta_layers(twin).values())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in twin.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(forward_clip(twin, clips), forward_clip(net, clips), rtol=0, atol=1e-5)

@@ -10,8 +10,10 @@
   so the teacher takes the whole BatchNorm (``fuse_conv_bn_eval``) and every student only its
   scale ``s`` (``fuse_conv_bn_weights`` with a zero mean and a zero shift; the low-rank student
   scales its second convolution). Delta frames then no longer run a BatchNorm at all.
-* :func:`optimize_for_inference`: BatchNorm folding, then channels-last memory format (optional),
-  the settings ``deltadist-eval`` and the demo time with.
+* :func:`optimize_for_inference`: BatchNorm folding, then channels-last memory format (optional);
+  :func:`inference_copy`: the same on a deployed copy, the default of ``deltadist.evaluation``
+  (so of ``deltadist-eval`` and the demo's ms/frame): the fastest settings measured on the CPU
+  that keep the outputs (``benchmarks/deltadist.md``).
 
 Both are for inference only: a folded model has no BatchNorm statistics to train. The pairs are
 found by tracing the model with ``torch.fx`` (delta layers as leaves); a model that does not trace
@@ -20,15 +22,17 @@ is an error naming the reason.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_conv_bn_weights
 
-from deltadist.delta import DeltaConv
+from deltadist.delta import DeltaConv, delta_layers, deploy
 from deltadist.students import SeparableConv
 from effvid.models.surgery import get_submodule_parent
 
-__all__ = ["conv_bn_pairs", "fold_batchnorm", "optimize_for_inference"]
+__all__ = ["conv_bn_pairs", "fold_batchnorm", "inference_copy", "optimize_for_inference"]
 
 
 class _LeafTracer(fx.Tracer):
@@ -129,3 +133,24 @@ def optimize_for_inference(
     if channels_last:
         model.to(memory_format=torch.channels_last)
     return model
+
+
+def inference_copy(model: nn.Module, *, channels_last: bool | None = None) -> nn.Module:
+    """A deep copy for inference: eval mode, delta layers deployed (the students their gates or
+    ``force`` pick), BatchNorm folded, and channels-last where ``channels_last`` says (``None``: on
+    the CPU only, where it was measured to help; the GPU is not measured). ``model`` is untouched."""
+    # what the last forward left in the delta layers (training deltas with their autograd graph,
+    # a stream's keyframe) is not part of the model and cannot be deep-copied: the copy gets None
+    memo: dict[int, None] = {}
+    for layer in delta_layers(model).values():
+        for name in ("student_delta", "gate_value", "teacher_delta", "_key_input", "_key_output"):
+            kept = getattr(layer, name, None)
+            if isinstance(kept, torch.Tensor):
+                memo[id(kept)] = None
+    twin = copy.deepcopy(model, memo).eval()
+    if delta_layers(twin):
+        deploy(twin)
+    param = next(twin.parameters(), None)
+    if channels_last is None:
+        channels_last = param is None or param.device.type == "cpu"
+    return optimize_for_inference(twin, fold_bn=True, channels_last=channels_last)
