@@ -275,6 +275,9 @@ def only(args: argparse.Namespace) -> None:
     runner = Runner(cfg, teacher_net(), frames(size, k))
     fn = runner.batched if args.mode == "batched" else runner.streamed
     fn()  # warm-up (and compilation)
+    if args.clips < 1:  # set-up only: what a whole-process timing pays before the first clip
+        print(f"{cfg.name()}: set up, one warm-up clip, no timed clips")
+        return
     start = time.perf_counter()
     for _ in range(args.clips):
         fn()
@@ -295,7 +298,7 @@ def main() -> None:
     )
     parser.add_argument("--only", choices=("teacher", "delta"), default=None, help="run one configuration")
     parser.add_argument("--mode", choices=("batched", "streaming"), default="batched")
-    parser.add_argument("--clips", type=int, default=30)
+    parser.add_argument("--clips", type=int, default=30, help="--only: timed clips (0: set-up only)")
     parser.add_argument("--gated", action="store_true", help="--only delta: not deployed")
     parser.add_argument(
         "--full-layers", default="", help="--only delta: comma-separated layers on full students"
