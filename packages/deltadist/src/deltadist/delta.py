@@ -168,7 +168,7 @@ class DeltaConv(nn.Module):
         x0 = clips[:, 0]
         z0 = self.teacher(x0).unsqueeze(1)
         dz = self._student_delta((clips[:, 1:] - x0.unsqueeze(1)).flatten(0, 1)).unflatten(0, (-1, t - 1))
-        if not self._in_place_ok():
+        if not self._in_place_ok() or dz.dtype != z0.dtype:
             return torch.cat([z0, z0 + dz], 1).flatten(0, 1)
         # inference: the delta frames' sum is written straight into the output (no torch.cat copy of
         # them), and the output keeps the keyframe's memory format (a 5-D cat returns NCHW even
@@ -196,7 +196,9 @@ class DeltaConv(nn.Module):
                 f"streamed input {tuple(x.shape)} differs from its keyframe's {tuple(self._key_input.shape)}"
             )
         dz = self._student_delta(x - self._key_input)
-        return dz.add_(self._key_output) if self._in_place_ok() else self._key_output + dz
+        if self._in_place_ok() and dz.dtype == self._key_output.dtype:
+            return dz.add_(self._key_output)
+        return self._key_output + dz
 
     def reset_stream(self) -> None:
         """Forget the kept keyframe; the next streamed frame is a keyframe."""
