@@ -167,8 +167,23 @@ class DeltaConv(nn.Module):
         clips = x.unflatten(0, (-1, t))
         x0 = clips[:, 0]
         z0 = self.teacher(x0).unsqueeze(1)
-        dz = self._student_delta((clips[:, 1:] - x0.unsqueeze(1)).flatten(0, 1))
-        return torch.cat([z0, z0 + dz.unflatten(0, (-1, t - 1))], 1).flatten(0, 1)
+        dz = self._student_delta((clips[:, 1:] - x0.unsqueeze(1)).flatten(0, 1)).unflatten(0, (-1, t - 1))
+        if not self._in_place_ok() or dz.dtype != z0.dtype:
+            return torch.cat([z0, z0 + dz], 1).flatten(0, 1)
+        # inference: the delta frames' sum is written straight into the output (no torch.cat copy of
+        # them), and the output keeps the keyframe's memory format (a 5-D cat returns NCHW even
+        # for channels-last inputs, which costs every later convolution a conversion)
+        z0 = z0[:, 0]
+        fmt = torch.channels_last if _channels_last(z0) else torch.contiguous_format
+        out = torch.empty((x.shape[0], *z0.shape[1:]), dtype=z0.dtype, device=z0.device, memory_format=fmt)
+        frames = out.unflatten(0, (-1, t))
+        frames[:, 0] = z0
+        torch.add(dz, z0.unsqueeze(1), out=frames[:, 1:])
+        return out
+
+    def _in_place_ok(self) -> bool:
+        # training keeps dz (student_delta) for the distillation loss, and autograd needs it intact
+        return not (self.training or torch.is_grad_enabled())
 
     def _forward_stream(self, x: torch.Tensor) -> torch.Tensor:
         if self._stream_key or self._key_input is None:
@@ -180,7 +195,10 @@ class DeltaConv(nn.Module):
             raise ValueError(
                 f"streamed input {tuple(x.shape)} differs from its keyframe's {tuple(self._key_input.shape)}"
             )
-        return self._key_output + self._student_delta(x - self._key_input)
+        dz = self._student_delta(x - self._key_input)
+        if self._in_place_ok() and dz.dtype == self._key_output.dtype:
+            return dz.add_(self._key_output)
+        return self._key_output + dz
 
     def reset_stream(self) -> None:
         """Forget the kept keyframe; the next streamed frame is a keyframe."""
@@ -205,6 +223,10 @@ class DeltaConv(nn.Module):
     def extra_repr(self) -> str:
         extra = f", deployed={self._deployed_choice}" if self.deployed else ""
         return f"bias_mode={self.bias_mode}{extra}"
+
+
+def _channels_last(x: torch.Tensor) -> bool:
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
 def _conv_like(conv: nn.Conv2d, *, bias: bool) -> nn.Conv2d:

@@ -220,7 +220,7 @@ def run_demo(cfg: DemoConfig, run_dir: Path) -> None:
     notes = (
         f"mIoU pairs: the original's protocol (distances 0..{k - 1}, mean of the per-distance mIoUs); "
         f"mIoU stream: a keyframe every {k} frames, every frame scored. GMACs/frame: amortised over a "
-        f"{k}-frame clip (teacher: one frame). ms/frame: one validation video streamed one frame per call, best of 5 passes, on this machine. "
+        f"{k}-frame clip (teacher: one frame). ms/frame: one validation video streamed one frame per call (deployed, BatchNorm folded, channels-last), best of 5 passes, on this machine. "
         "full: layers on their full-size student."
     )
     print("\n" + table + "\n" + notes + "\n" + verdict)

@@ -13,6 +13,10 @@ Because deltas are keyframe-relative, a frame's output depends only on itself an
 a streamed frame at distance d equals the pair ``[frame - d, frame]``. The two evaluations differ
 in which frames and distances are weighted (and in what they cost: a pair recomputes its
 keyframe). Predictions are upsampled bilinearly (``align_corners=False``) to the label size.
+
+By default (``optimize=True``) every function runs :func:`~deltadist.inference.inference_copy` of
+the model (deployed, BatchNorm folded, channels-last on the CPU): the same outputs up to float
+rounding, faster; ``optimize=False`` runs the model as given.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from torch import nn
 from deltadist.cost import clip_macs, measure_unit_costs
 from deltadist.data import load_clip
 from deltadist.delta import DeltaStream, delta_layers, forward_clip
+from deltadist.inference import inference_copy
 from effvid.data import DataError, SegmentationClipDataset
 from effvid.io import atomic_write_json
 from effvid.metrics import MeanIoU
@@ -65,6 +70,11 @@ def _score(metric: MeanIoU, logits: torch.Tensor, labels: torch.Tensor) -> None:
     metric.update((logits.argmax(1), labels))
 
 
+def _prepare(model: nn.Module, device: torch.device | str, optimize: bool) -> nn.Module:
+    model = model.to(device).eval()
+    return inference_copy(model) if optimize else model
+
+
 def _macs(model: nn.Module, frame_shape: Sequence[int], clip_length: int) -> float:
     return clip_macs(model, measure_unit_costs(model, frame_shape), clip_length)
 
@@ -79,13 +89,14 @@ def evaluate_pairs(
     batch_size: int = 4,
     device: torch.device | str = "cpu",
     ignore_index: int = 255,
+    optimize: bool = True,
 ) -> Evaluation:
     """The original's amortised protocol (see the module docstring)."""
     k = keyframe_interval
     records = [r for r in dataset.records if r.labeled_index >= k - 1]
     if not records:
         raise DataError(f"no annotated frame at index >= {k - 1}: the pair protocol needs K-1 earlier frames")
-    model = model.to(device).eval()
+    model = _prepare(model, device, optimize)
     per_distance: dict[str, float] = {}
     frame_shape = None
     start = time.perf_counter()
@@ -137,6 +148,7 @@ def evaluate_streaming(
     batch_size: int = 4,
     device: torch.device | str = "cpu",
     ignore_index: int = 255,
+    optimize: bool = True,
 ) -> Evaluation:
     """Frame-by-frame inference, a keyframe every K frames from each video's first frame."""
     k = keyframe_interval
@@ -146,7 +158,7 @@ def evaluate_streaming(
     by_length: dict[int, list[str]] = defaultdict(list)
     for key, masks in annotated.items():
         by_length[max(masks) + 1].append(key)
-    model = model.to(device).eval()
+    model = _prepare(model, device, optimize)
     stream = DeltaStream(model, k)
     metric = MeanIoU(num_classes, ignore_index=ignore_index)
     frames = keyframes = scored = 0
@@ -202,6 +214,7 @@ def evaluate_frames(
     num_classes: int,
     device: torch.device | str = "cpu",
     ignore_index: int = 255,
+    optimize: bool = True,
 ) -> Evaluation:
     """A frame-based network (no delta layers, e.g. the teacher) on the same frames as
     :func:`evaluate_streaming`: every frame of every video runs the whole network, one frame
@@ -211,7 +224,7 @@ def evaluate_frames(
     annotated: dict[str, dict[int, Path]] = defaultdict(dict)
     for r in dataset.records:
         annotated[r.key][r.labeled_index] = r.mask_path
-    model = model.to(device).eval()
+    model = _prepare(model, device, optimize)
     metric = MeanIoU(num_classes, ignore_index=ignore_index)
     frames = scored = 0
     seconds = 0.0
@@ -244,12 +257,18 @@ def evaluate_frames(
 
 @torch.no_grad()
 def time_per_frame(
-    model: nn.Module, frames: torch.Tensor, *, keyframe_interval: int = 1, rounds: int = 5
+    model: nn.Module,
+    frames: torch.Tensor,
+    *,
+    keyframe_interval: int = 1,
+    rounds: int = 5,
+    optimize: bool = True,
 ) -> float:
     """Milliseconds per frame of streaming ``frames`` ``(L, 3, H, W)`` one at a time (a keyframe every
     K frames; a model without delta layers runs every frame whole): the best of ``rounds`` passes,
-    which is the least disturbed by other processes on a shared machine."""
-    model = model.eval()
+    which is the least disturbed by other processes on a shared machine. ``optimize``: see the
+    module docstring."""
+    model = inference_copy(model) if optimize else model.eval()
     has_deltas = bool(delta_layers(model))
     step = DeltaStream(model, keyframe_interval) if has_deltas else model
     best = float("inf")
