@@ -60,7 +60,7 @@ def test_first_int8_convolution_lands_on_the_pact_grid_of_the_fake_quant_branch(
 
 def test_int8_branch_features_stay_close_to_the_fake_quant_branch():
     """End to end over 8 residual blocks the level flips add up: tolerance 0.6 relative (L2) at
-    4 bits on this random network (measured 0.3-0.4; 0.12 on the demo's trained one)."""
+    4 bits on this random network (measured 0.3-0.4; 0.12 on a trained demo network)."""
     net = _net()
     frames = torch.randn(16, 3, 32, 32)
     branch = Int8Branch(net, 4, frames[:8])
