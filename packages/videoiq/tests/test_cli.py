@@ -197,7 +197,7 @@ def test_demo_end_to_end_tiny(tmp_path, monkeypatch, capsys):
     command = [
         "--root", "synth", "--data.storage", "frames", "--num_videos", str(spec["num_videos"]),
         "--model.num_class", "3", "--model.width", "4", "--model.policy_hidden", "8",
-        "--data.num_frames", "4", "--data.batch_size", "4",
+        "--model.policy_input_size", "32", "--data.num_frames", "4", "--data.batch_size", "4",
         "--data.transform.resize", "32", "--data.transform.crop", "32",
         *stages, "--efficient_ws", "[0.5]", "--output_dir", "run",
     ]  # fmt: skip

@@ -188,8 +188,7 @@ class Int8Branch(nn.Module):
                 f"bit width {bits} has no integer path (PyTorch's quantised CPU kernels are int8; "
                 f"bit widths above {MAX_INT_BITS} run on the float path)"
             )
-        blocks = [m for m in model.backbone.modules() if isinstance(m, AnyPrecisionBlock)]
-        if any(q.mean_aligned for b in blocks for q in b.modules() if isinstance(q, PACT)):
+        if any(q.mean_aligned for b in blocks_of(model) for q in b.modules() if isinstance(q, PACT)):
             raise ValueError("mean_aligned networks rescale by a data-dependent factor; no int8 path")
         self.bits, self.engine = bits, engine
         src = copy.deepcopy(model).eval()
@@ -216,12 +215,13 @@ class Int8Branch(nn.Module):
         def watch(module: nn.Module, obs: MinMaxObserver) -> None:
             hooks.append(module.register_forward_hook(lambda _m, _i, out: obs(out)))
 
-        for block in blocks:
+        for i, block in enumerate(blocks):
             obs = {k: MinMaxObserver(dtype=torch.quint8) for k in ("residual", "downsample", "output")}
             watch(block.bn3 if block.bottleneck else block.bn2, obs["residual"])
             if block.downsample is not None:
                 watch(block.downsample, obs["downsample"])
-            watch(block, obs["output"])
+            if i == len(blocks) - 1:  # the others end on the next block's PACT grid
+                watch(block, obs["output"])
             observers.append(obs)
         try:
             src.frame_features(frames)
