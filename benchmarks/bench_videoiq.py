@@ -1,38 +1,44 @@
 """VideoIQ inference speed on a CPU: policy-driven inference vs the float network vs the original's
-strategy of running every precision on every frame; and what a fake-quantised frame costs.
+strategy of running every precision on every frame; what a fake-quantised frame costs; and the
+int8 path (the <= 8-bit branches on PyTorch's quantised CPU kernels, ``videoiq.int8``).
 
 Two workloads:
 
 * ``--run DIR``: a ``videoiq-demo`` run directory - its trained networks on the held-out videos of
-  its synthetic benchmark (clips decoded once, held in memory: model time only);
+  its synthetic benchmark (clips decoded once, held in memory: model time only); also prints the
+  top-1 of the fake-quantised and the int8 paths;
 * ``--arch resnet50``: random weights at ``--size`` (224) on random clips (model only); the policy's
   decisions are sampled from its near-uniform initial distribution (a mix of every action).
 
 Strategies, on the same clips:
-  dynamic       - VideoIQ as effvid runs it: the policy, then each frame only at its chosen precision;
-  every precision - the original's evaluation: every frame at every precision, decisions select
-                  the features (``VideoIQ.forward``);
-  float         - the float network on every frame (the full-precision baseline);
-  fixed b bits  - the any-precision network at one bit width on every frame.
+  dynamic             - VideoIQ as effvid runs it: the policy, then each frame only at its chosen
+                        precision, fake-quantised (float32 with simulated quantisers);
+  dynamic, int8       - the same decisions, the <= 8-bit frames through int8 copies of the network;
+  every precision     - the original's evaluation: every frame at every precision, decisions select
+                        the features (``VideoIQ.forward``);
+  float               - the float network on every frame (the full-precision baseline);
+  fixed b bits        - the any-precision network at one bit width on every frame (fake-quantised);
+  fixed b bits, int8  - the same on the int8 kernels (b <= 8);
+  all at b / half skipped - dynamic inference with scripted decisions: every frame at the lowest
+                        bit width, or every other frame skipped (skipped frames must save their time).
 
-On a CPU the quantisers are simulated in float32 (DoReFa on the weights, PACT on the activations,
-per tensor, every forward), so a quantised frame costs more time than a float one, whatever its
-bit width; BitOPs count what an integer accelerator would run.
+``--only NAME --loops N`` runs one strategy N times and prints nothing else (whole-process timings
+of one strategy against another).
 
-    python benchmarks/bench_videoiq.py --run runs/demo --w 0.5
+    python benchmarks/bench_videoiq.py --run runs/demo --w 1
     python benchmarks/bench_videoiq.py --arch resnet18 --size 224 --frames 8 --videos 4
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import time
+import warnings
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import torch
+from common import machine, timed
 
 from effvid.config import load_config
 from effvid.data import build_dataset
@@ -46,31 +52,72 @@ from videoiq.build import (
 from videoiq.config import DemoConfig
 from videoiq.evaluation import action_names, cached_batches
 from videoiq.inference import dynamic_inference
+from videoiq.int8 import MAX_INT_BITS, Int8Branch
 from videoiq.model import AnyPrecisionResNet, FullPrecisionTeacher, VideoIQ
+from videoiq.policy import PolicyOutput
+
+warnings.filterwarnings("ignore", message="torch.quantize_per_tensor")
 
 
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads; torch {torch.__version__}"
-    )
+def _scripted(model: VideoIQ, action: Callable[[int], int]) -> Callable:
+    """A policy stand-in: the real policy runs (its cost stays in), then frame t gets ``action(t)``."""
+    forward = model.policy.forward  # the real one, bound before any stand-in replaces it
+
+    def run(clip: torch.Tensor, sample: bool = False) -> PolicyOutput:
+        out = forward(clip, sample=sample)
+        a = torch.tensor([action(t) for t in range(clip.shape[1])])
+        onehot = torch.nn.functional.one_hot(a, out.decisions.shape[-1]).float().expand_as(out.decisions)
+        return PolicyOutput(onehot, out.log_probs, out.class_logits)
+
+    return run
 
 
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+def strategies(
+    model: VideoIQ,
+    teacher: FullPrecisionTeacher,
+    anyp: AnyPrecisionResNet,
+    int8: dict[int, Int8Branch],
+    clips: list[torch.Tensor],
+    *,
+    sample: bool,
+) -> dict[str, Callable[[], list]]:
+    lowest = len(model.precisions) - 1  # the last precision: the lowest bit width
+    skip = len(model.precisions)  # the first skip option
+    forced = {
+        f"all at {model.precision_bits[lowest]} bits": _scripted(model, lambda t: lowest),
+        "half skipped": _scripted(model, lambda t: lowest if t % 2 == 0 else skip),
+    }
+
+    def with_policy(policy: Callable) -> Callable[[], list]:
+        def run() -> list:
+            real = model.policy.forward
+            model.policy.forward = policy
+            try:
+                return [dynamic_inference(model, c) for c in clips]
+            finally:
+                model.policy.forward = real
+
+        return run
+
+    rows: dict[str, Callable[[], list]] = {
+        "dynamic": lambda: [dynamic_inference(model, c, sample=sample) for c in clips],
+        "dynamic, int8": lambda: [dynamic_inference(model, c, sample=sample, int8=int8) for c in clips],
+        "every precision": lambda: [model(c) for c in clips],
+        "float": lambda: [teacher(c) for c in clips],
+    }
+    for b in anyp.family:
+        rows[f"fixed {b} bits"] = lambda b=b: [anyp(c, b) for c in clips]
+        if b in int8:
+            rows[f"fixed {b} bits, int8"] = lambda b=b: [
+                anyp.fc(int8[b](c.flatten(0, 1))).view(*c.shape[:2], -1).mean(1) for c in clips
+            ]
+    for name, policy in forced.items():
+        rows[name] = with_policy(policy)
+    return rows
+
+
+def int8_branches(anyp: AnyPrecisionResNet, calibration: torch.Tensor) -> dict[int, Int8Branch]:
+    return {b: Int8Branch(anyp, b, calibration) for b in anyp.family if b <= MAX_INT_BITS}
 
 
 @torch.no_grad()
@@ -83,49 +130,93 @@ def bench(
     repeats: int,
     *,
     sample: bool = False,
+    only: str | None = None,
+    loops: int = 1,
 ) -> None:
     for net in (model, teacher, anyp):
         net.eval()
+    int8 = int8_branches(anyp, clips[0].flatten(0, 1))
+    rows = strategies(model, teacher, anyp, int8, clips, sample=sample)
+    if only is not None:
+        if only not in rows:
+            raise SystemExit(f"--only: unknown strategy '{only}'; one of: {', '.join(rows)}")
+        for _ in range(loops):
+            rows[only]()
+        return
     n, t = sum(c.shape[0] for c in clips), clips[0].shape[1]
-    rows = [
-        ("dynamic (effvid)", lambda: [dynamic_inference(model, c, sample=sample) for c in clips]),
-        ("every precision (original)", lambda: [model(c) for c in clips]),
-        ("float network", lambda: [teacher(c) for c in clips]),
-    ]
-    rows += [(f"fixed {b} bits", lambda b=b: [anyp(c, b) for c in clips]) for b in anyp.family]
-    actions = torch.cat([dynamic_inference(model, c, sample=sample).actions for c in clips]).flatten()
+    results = [dynamic_inference(model, c, sample=sample) for c in clips]
+    actions = torch.cat([r.actions for r in results]).flatten()
     names = action_names(model)
     dist = "  ".join(f"{name} {float((actions == i).float().mean()):.0%}" for i, name in enumerate(names))
-    print(f"\n{title}\nmachine: {machine()}\npolicy decisions ({'sampled' if sample else 'argmax'}): {dist}")
-    print(f"{'strategy':<28} {'videos/s':>9} {'ms/video':>9} {'ms/frame':>9}")
-    for name, fn in rows:
-        seconds = timed(fn, repeats)
-        print(f"{name:<28} {n / seconds:>9.2f} {1000 * seconds / n:>9.1f} {1000 * seconds / (n * t):>9.2f}")
+    kept = float(torch.cat([r.kept for r in results]).float().mean())
+    print(f"\n{title}\nmachine: {machine()}")
+    print(f"policy decisions ({'sampled' if sample else 'argmax'}): {dist}; frames kept {kept:.0%}")
+    print(f"{'strategy':<24} {'videos/s':>9} {'ms/video':>9} {'ms/frame':>9}")
+    for name, fn in rows.items():
+        fn()  # warm-up
+        seconds, _ = timed(fn, repeats)
+        print(f"{name:<24} {n / seconds:>9.2f} {1000 * seconds / n:>9.1f} {1000 * seconds / (n * t):>9.2f}")
 
 
-def bench_run(run: Path, w: float, repeats: int) -> None:
+@torch.no_grad()
+def accuracy(
+    model: VideoIQ, anyp: AnyPrecisionResNet, batches: list[dict], int8: dict[int, Int8Branch]
+) -> None:
+    """Top-1 on the held-out videos: fake-quantised vs int8, fixed bit widths and VideoIQ."""
+    labels = torch.cat([b["label"] for b in batches])
+
+    def top1(logits: list[torch.Tensor]) -> tuple[float, torch.Tensor]:
+        pred = torch.cat(logits).argmax(1)
+        return float((pred == labels).float().mean()), pred
+
+    print(f"\ntop-1 on {len(labels)} held-out videos, fake-quantised vs int8 (calibrated on one batch):")
+    for b, branch in int8.items():
+        fake, pf = top1([anyp(x["video"], b) for x in batches])
+        real, pr = top1(
+            [
+                anyp.fc(branch(x["video"].flatten(0, 1))).view(*x["video"].shape[:2], -1).mean(1)
+                for x in batches
+            ]
+        )
+        print(
+            f"  fixed {b} bits: {100 * fake:.2f} vs {100 * real:.2f} (same prediction on {float((pf == pr).float().mean()):.1%})"
+        )
+    fake, pf = top1([dynamic_inference(model, x["video"]).logits for x in batches])
+    real, pr = top1([dynamic_inference(model, x["video"], int8=int8).logits for x in batches])
+    print(
+        f"  VideoIQ:      {100 * fake:.2f} vs {100 * real:.2f} (same prediction on {float((pf == pr).float().mean()):.1%})"
+    )
+
+
+def bench_run(run: Path, w: float, repeats: int, only: str | None, loops: int) -> None:
     cfg = load_config(DemoConfig, [str(run / "config.yaml")])
     root = Path(cfg.root)
     storage = root / {"frames": "frames", "lmdb": "frames.lmdb", "video": "videos"}[cfg.data.storage]
     data = replace(cfg.data, format="list", path_frame=str(storage), path_label=str(root / "val.txt"))
     dataset = build_dataset(data, num_classes=cfg.model.num_class)
-    clips = [b["video"] for b in cached_batches(dataset, batch_size=cfg.data.batch_size)]
+    batches = cached_batches(dataset, batch_size=cfg.data.batch_size)
     model = build_videoiq(cfg.model)
     load_model_file(model, str(run / f"policy-w{w:g}" / "model.pt"))
     teacher = load_teacher(str(run / "fp" / "model.pt"), cfg.model, "the fp stage's model")
     anyp = build_any_precision(cfg.model)
     load_any_precision(anyp, str(run / "ap" / "model.pt"), "the ap stage's model")
+    clips = [b["video"] for b in batches]
     title = f"demo run {run} (efficient_w={w:g}), {len(dataset)} videos of {data.num_frames} frames in memory"
-    bench(title, model, teacher, anyp, clips, repeats)
+    bench(title, model, teacher, anyp, clips, repeats, only=only, loops=loops)
+    if only is None:
+        model.eval(), anyp.eval()
+        accuracy(model, anyp, batches, int8_branches(anyp, clips[0].flatten(0, 1)))
 
 
-def bench_random(arch: str, size: int, frames: int, videos: int, batch: int, repeats: int) -> None:
+def bench_random(
+    arch: str, size: int, frames: int, videos: int, batch: int, repeats: int, only: str | None, loops: int
+) -> None:
     torch.manual_seed(0)
     model = VideoIQ(arch=arch, num_classes=200, skip_list=(1,))
     teacher = FullPrecisionTeacher(arch=arch, num_classes=200)
     clips = [torch.randn(min(batch, videos - o), frames, 3, size, size) for o in range(0, videos, batch)]
     title = f"{arch} at {size}x{size}, random weights, {videos} videos of {frames} frames in memory"
-    bench(title, model, teacher, model.recognizer, clips, repeats, sample=True)
+    bench(title, model, teacher, model.recognizer, clips, repeats, sample=True, only=only, loops=loops)
 
 
 def main() -> None:
@@ -139,16 +230,24 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--videos", type=int, default=4)
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="timed repeats per strategy (the best is kept)"
+    )
+    parser.add_argument("--only", default=None, help="run this one strategy --loops times, print nothing")
+    parser.add_argument("--loops", type=int, default=1)
     args = parser.parse_args()
+    if args.run and args.arch:
+        parser.error("give --run DIR or --arch NAME, not both")
     if args.run:
         if args.w is None:
             parser.error("--run needs --w, one of the run's efficient_ws")
-        bench_run(args.run, args.w, args.repeats)
-    if args.arch:
-        bench_random(args.arch, args.size, args.frames, args.videos, args.batch, args.repeats)
-    if not args.run and not args.arch:
-        parser.error("give --run DIR and/or --arch NAME")
+        bench_run(args.run, args.w, args.repeats, args.only, args.loops)
+    elif args.arch:
+        bench_random(
+            args.arch, args.size, args.frames, args.videos, args.batch, args.repeats, args.only, args.loops
+        )
+    else:
+        parser.error("give --run DIR or --arch NAME")
 
 
 if __name__ == "__main__":

@@ -138,6 +138,22 @@ def test_convert_a_step2_checkpoint_feeds_stage_policy(stages, tmp_path):
     assert exit_code.value.code == 2
 
 
+def test_convert_refuses_a_checkpoint_of_another_layout_naming_the_file(stages, tmp_path, capsys):
+    import torchvision
+
+    float_net = torchvision.models.resnet18(num_classes=3).state_dict()  # the original's step 1
+    src = tmp_path / "resnet18_float.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in float_net.items()}}, src)
+    for path in (src, stages["files"]["ap"]):  # and one of our own model files
+        with pytest.raises(SystemExit) as exit_code:
+            CONVERT.main([str(path), str(tmp_path / "out.pt"), "--output_dir", str(tmp_path / "c")])
+        assert exit_code.value.code == 1
+        err = capsys.readouterr().err
+        assert f"checkpoint {path} is not a VideoIQ any-precision network" in err
+        assert "reads resnet_videoiq or resnet_pact_ap checkpoints" in err
+    assert not (tmp_path / "out.pt").exists()
+
+
 def test_help_and_print_config(capsys):
     for command in (TRAIN, TEST, CONVERT, DEMO):
         fire.Fire(command, command=["--help"])
@@ -181,7 +197,7 @@ def test_demo_end_to_end_tiny(tmp_path, monkeypatch, capsys):
     command = [
         "--root", "synth", "--data.storage", "frames", "--num_videos", str(spec["num_videos"]),
         "--model.num_class", "3", "--model.width", "4", "--model.policy_hidden", "8",
-        "--data.num_frames", "4", "--data.batch_size", "4",
+        "--model.policy_input_size", "32", "--data.num_frames", "4", "--data.batch_size", "4",
         "--data.transform.resize", "32", "--data.transform.crop", "32",
         *stages, "--efficient_ws", "[0.5]", "--output_dir", "run",
     ]  # fmt: skip

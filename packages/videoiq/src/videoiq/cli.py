@@ -12,7 +12,7 @@ from effvid.cli import build_command, run_cli
 from effvid.config import ConfigError, config_to_yaml
 from effvid.data import build_dataset
 from effvid.engine import resolve_device, run_distributed, seed_everything
-from effvid.model_files import read_state_dict, save_model
+from effvid.model_files import ModelFileError, read_state_dict, save_model
 from videoiq.build import (
     KIND,
     KIND_AP,
@@ -80,7 +80,13 @@ def run_test(cfg: TestConfig, run_dir: Path) -> None:
 
 
 def run_convert(cfg: ConvertConfig, run_dir: Path) -> None:
-    layout = convert_original_state_dict(read_state_dict(cfg.src, expected="a VideoIQ checkpoint")).layout
+    state = read_state_dict(cfg.src, expected="a VideoIQ checkpoint")
+    try:
+        layout = convert_original_state_dict(state, source=str(cfg.src)).layout
+    except ValueError as exc:  # another layout (a float ResNet, an effvid file...): one error line
+        raise ModelFileError(
+            f"{exc}; videoiq-convert reads resnet_videoiq or resnet_pact_ap checkpoints"
+        ) from None
     model = build_videoiq(cfg.model) if layout == "videoiq" else build_any_precision(cfg.model)
     teacher = build_teacher(cfg.model) if cfg.teacher_dst else None
     load_original_checkpoint(model, cfg.src, teacher=teacher)

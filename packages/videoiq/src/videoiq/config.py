@@ -309,9 +309,10 @@ def _demo_model() -> ModelConfig:
         num_class=6,
         q_init=[8.0],
         dropout=0.2,
-        policy_input_size=32,
+        policy_head=True,
+        policy_input_size=64,
         policy_arch="tiny_cnn",
-        policy_width=0.5,
+        policy_width=0.25,
         policy_hidden=64,
         policy_dropout=0.2,
     )
@@ -342,8 +343,8 @@ class DemoConfig(RunConfig):
     root: str = option(
         "data/synthetic-videoiq", "where the synthetic benchmark is generated (reused if present)"
     )
-    num_videos: int = option(840, "videos generated")
-    val_fraction: float = option(0.4, "share of the videos held out for evaluation")
+    num_videos: int = option(1000, "videos generated")
+    val_fraction: float = option(0.3, "share of the videos held out for evaluation")
     data: DataConfig = option(
         doc="data options (data.storage: the generated benchmark's storage; its paths are set by the demo)",
         default_factory=_demo_data,
@@ -361,7 +362,7 @@ class DemoConfig(RunConfig):
     policy: EngineConfig = option(doc="stage policy (once per efficiency weight)", default_factory=_epochs(6))
     efficient_ws: list[float] = option(
         doc="efficiency weights of the policies trained (the trade-off sweep)",
-        default_factory=lambda: [2.0, 4.0],
+        default_factory=lambda: [1.0, 2.0],
     )
 
     def __post_init__(self) -> None:

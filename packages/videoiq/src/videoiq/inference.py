@@ -16,6 +16,7 @@ can move a low-bit activation to the next level).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -39,12 +40,25 @@ class DynamicResult:
 
 
 @torch.no_grad()
-def dynamic_inference(model: VideoIQ, clip: torch.Tensor, *, sample: bool = False) -> DynamicResult:
+def dynamic_inference(
+    model: VideoIQ,
+    clip: torch.Tensor,
+    *,
+    sample: bool = False,
+    int8: Mapping[int, Callable[[torch.Tensor], torch.Tensor]] | None = None,
+) -> DynamicResult:
     """Run VideoIQ on ``clip`` (B, T, 3, H, W), each frame only at its chosen bit width.
 
     ``sample=True`` draws the policy's decisions (Gumbel, at the current temperature), as the
     original's evaluation did without ``--deterministic``; the default takes the argmax.
+    ``int8``: bit width -> a network that maps frames (N, 3, H, W) to features (N, F) in its place
+    (:class:`videoiq.int8.Int8Branch`, PyTorch's int8 CPU kernels); the other bit widths run on
+    the fake-quantised float path.
     """
+    int8 = dict(int8 or {})
+    unknown = sorted(set(int8) - set(model.family))
+    if unknown:
+        raise ValueError(f"int8 branches for bit widths {unknown} that are not in the family {model.family}")
     model.eval()
     b, t = clip.shape[:2]
     precisions = model.precisions
@@ -56,7 +70,11 @@ def dynamic_inference(model: VideoIQ, clip: torch.Tensor, *, sample: bool = Fals
         for i, precision in enumerate(precisions):
             idx = (flat == i).nonzero().flatten()
             if idx.numel():
-                feats[idx] = model.precision_features(frames[idx], precision).to(feats.dtype)
+                run = int8.get(precision) if isinstance(precision, int) else None
+                out = (
+                    run(frames[idx]) if run is not None else model.precision_features(frames[idx], precision)
+                )
+                feats[idx] = out.to(feats.dtype)
     finally:
         model.recognizer.set_bit_width(model.family[0])
     kept = actions < len(precisions)
