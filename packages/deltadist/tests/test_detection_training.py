@@ -49,7 +49,7 @@ def test_loss_terms_and_per_layer_normalisation(tmp_path):
     assert loss.distill_scale.shape == (len(delta_layers(net)),)
     assert 0 <= logs["full_students"] <= len(delta_layers(net))
     expected = logs["task_loss"] + 100.0 * logs["distill_loss"] + 10.0 * logs["cost_loss"]
-    assert float(total) == pytest.approx(expected, rel=1e-5)
+    assert float(total.detach()) == pytest.approx(expected, rel=1e-5)
     assert {"class_loss", "box_loss"} <= set(logs)
     total.backward()
     assert all(layer.gate.logit.grad is not None for layer in delta_layers(net).values())

@@ -107,6 +107,8 @@ def run_detection_demo(cfg: DetectionDemoConfig, run_dir: Path) -> dict:
         distill_fraction=2 / 7,
     )
     delta_detector.eval()
+    for layer in delta_layers(delta).values():  # the last training step's tensors (part of its graph)
+        layer.student_delta = layer.gate_value = layer.teacher_delta = None
     delta_eval = evaluate_detection(clip_predictor(delta, delta_detector.predict), clips, batch_size=2)
     units = measure_unit_costs(delta, (3, cfg.size, cfg.size))
     delta_macs = clip_macs(delta, units, cfg.clip_length) / cfg.clip_length
