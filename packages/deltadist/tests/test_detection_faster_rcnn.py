@@ -40,6 +40,7 @@ def test_r101_dc5_structure_and_rule():
     assert model.backbone.mapper.in_channels == 2048 and model.backbone.mapper.kernel_size == (3, 3)
     assert model.rpn.head.cls_logits.out_channels == 12  # 4 sizes x 3 ratios
     assert model.roi_heads.box_predictor.cls_score.out_features == 31
+    assert model.roi_heads.box_coder.weights == (5.0, 5.0, 5.0, 5.0)  # box stds 0.2 (the original's)
     objectness, _ = DenseStage(model)(torch.empty(1, 3, 584, 966, device="meta"))
     assert objectness[0].shape == (1, 12, 37, 61)  # output stride 16
     convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]

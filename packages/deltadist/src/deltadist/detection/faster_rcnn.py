@@ -88,7 +88,7 @@ def faster_rcnn_r101_dc5(
     backbone = DC5Backbone(_dc5_trunk() if trunk is None else trunk, mapper_channels)
     anchors = AnchorGenerator(sizes=((64, 128, 256, 512),), aspect_ratios=((0.5, 1.0, 2.0),))
     roi_pool = MultiScaleRoIAlign(featmap_names=["0"], output_size=7, sampling_ratio=2)
-    return FasterRCNN(
+    model = FasterRCNN(
         backbone,
         num_classes=None,
         min_size=min_size,
@@ -106,6 +106,10 @@ def faster_rcnn_r101_dc5(
         box_detections_per_img=100,
         box_batch_size_per_image=512,
     )
+    # the original's box head encodes deltas with stds (0.2, 0.2, 0.2, 0.2); torchvision's default
+    # weights (10, 10, 5, 5) are stds (0.1, 0.1, 0.2, 0.2)
+    model.roi_heads.box_coder.weights = (5.0, 5.0, 5.0, 5.0)
+    return model
 
 
 def convert_faster_rcnn(
