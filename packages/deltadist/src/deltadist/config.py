@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 import deltadist.data  # noqa: F401 - registers the synthetic_segmentation data format
+from deltadist.detection.config import DetectionDemoConfig
 from effvid.config import MISSING, RunConfig, check_choice, option
 from effvid.data import DataConfig, TransformConfig
 from effvid.engine import EngineConfig, RuntimeConfig
@@ -226,3 +227,10 @@ class DemoConfig(RunConfig):
     gate_init: float = option(0.25, "initial gate logit (> 0: every layer starts on its full student)")
     betas: list[float] = option(doc="two betas of the gated models", default_factory=lambda: [0.2, 0.5])
     latency_beta: float = option(0.2, "beta of the latency-aware gated model")
+    task: str = option("segmentation", "segmentation | detection (the options under detection.*)")
+    detection: DetectionDemoConfig = option(
+        doc="the detection demo (--task detection)", default_factory=DetectionDemoConfig
+    )
+
+    def __post_init__(self) -> None:
+        check_choice("task", self.task, ("segmentation", "detection"))

@@ -83,6 +83,11 @@ def _table(rows: list[ResultRow], teacher: ResultRow) -> str:
 
 
 def run_demo(cfg: DemoConfig, run_dir: Path) -> None:
+    if cfg.task == "detection":
+        from deltadist.detection.demo import run_detection_demo
+
+        run_detection_demo(cfg.detection, run_dir)
+        return
     clock = StageClock()
     k = cfg.keyframe_interval
     spec = SyntheticSpec(
