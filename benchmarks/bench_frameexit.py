@@ -22,6 +22,7 @@ saved turn fully into time saved.
 from __future__ import annotations
 
 import argparse
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -136,6 +137,72 @@ def bench_resnet(backbone: str, videos: int, batch: int, repeats: int) -> None:
     )
 
 
+def bench_frame_network(backbone: str, batch: int, repeats: int, *, compile_too: bool = False) -> None:
+    """ms per frame of FrameExit's frame network (backbone + MLP) under each inference pass,
+    timed in turn (A B C ... A B C ...) so that a drifting machine hits all alike, with each
+    variant's largest deviation from the plain float32 features."""
+    from effvid.engine import autocast
+    from effvid.models.optimize import FastInferenceConfig, optimize_for_inference
+    from frameexit.inference import FrameFeatures
+
+    torch.manual_seed(0)
+    model = FrameExitModel(backbone=backbone, num_classes=200).eval()
+    for m in model.modules():  # BatchNorm statistics of a trained network, so that folding is real
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    frames = torch.randn(batch, 3, 224, 224)
+    cpu = torch.device("cpu")
+    plain = FrameFeatures(model)
+    none = FastInferenceConfig(fold_bn=False, channels_last=False)
+    variants = {
+        "plain float32 (the original's)": (plain, "none"),
+        "channels-last": (
+            optimize_for_inference(plain, replace(none, channels_last=True), device=cpu),
+            "none",
+        ),
+        "BatchNorm folded": (optimize_for_inference(plain, replace(none, fold_bn=True), device=cpu), "none"),
+        "folded + channels-last (default)": (
+            optimize_for_inference(plain, FastInferenceConfig(), device=cpu),
+            "none",
+        ),
+    }
+    default = variants["folded + channels-last (default)"][0]
+    variants["default + bf16 autocast"] = (default, "bf16")
+    calib = [torch.randn(batch, 3, 224, 224) for _ in range(4)]
+    variants["int8 (torch.ao, x86)"] = (
+        optimize_for_inference(plain, FastInferenceConfig(int8=True), device=cpu, calibration=calib),
+        "none",
+    )
+    if compile_too:
+        start = time.perf_counter()
+        compiled = optimize_for_inference(plain, FastInferenceConfig(compile=True), device=cpu)
+        with torch.no_grad():
+            compiled(frames)
+        print(f"torch.compile: first call {time.perf_counter() - start:.0f} s")
+        variants["default + torch.compile"] = (compiled, "none")
+    with torch.no_grad():
+        ref = plain(frames)
+        times: dict[str, list[float]] = {k: [] for k in variants}
+        dev: dict[str, float] = {}
+        for name, (net, amp) in variants.items():
+            with autocast(cpu, amp):
+                out = net(frames).float()
+            dev[name] = float((out - ref).abs().max() / ref.abs().max())
+        for _ in range(repeats):
+            for name, (net, amp) in variants.items():
+                start = time.perf_counter()
+                with autocast(cpu, amp):
+                    net(frames)
+                times[name].append(time.perf_counter() - start)
+    print(f"\nframe network ({backbone} + MLP), batch {batch}, {repeats} rounds in turn; {machine()}")
+    print(f"{'variant':<34} {'ms/frame':>9} {'speed-up':>9} {'max rel. deviation':>19}")
+    base = min(times["plain float32 (the original's)"])
+    for name, ts in times.items():
+        best = min(ts)
+        print(f"{name:<34} {best / batch * 1e3:>9.1f} {base / best:>8.2f}x {dev[name]:>19.1e}")
+
+
 def report(title: str, n: int, tb: float, t1: float, ts: float, gmacs_b: float, gmacs_s: float) -> None:
     print(f"\n{title}")
     print(f"machine: {machine()}")
@@ -157,6 +224,12 @@ def main() -> None:
         "--beta", type=float, default=None, help="which gated model of the run (a beta of its sweep)"
     )
     parser.add_argument("--backbone", default=None, help="model-only benchmark with this backbone at 224x224")
+    parser.add_argument(
+        "--frame_network",
+        default=None,
+        help="ms per frame of this backbone's frame network under each inference pass",
+    )
+    parser.add_argument("--compile", action="store_true", help="--frame_network: torch.compile too (slow)")
     parser.add_argument("--videos", type=int, default=32)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2)
@@ -168,8 +241,10 @@ def main() -> None:
         bench_run(args.run, args.beta, args.repeats)
     if args.backbone:
         bench_resnet(args.backbone, args.videos, args.batch, args.repeats)
-    if not args.run and not args.backbone:
-        parser.error("give --run DIR and/or --backbone NAME")
+    if args.frame_network:
+        bench_frame_network(args.frame_network, args.batch, args.repeats, compile_too=args.compile)
+    if not args.run and not args.backbone and not args.frame_network:
+        parser.error("give --run DIR, --backbone NAME and/or --frame_network NAME")
 
 
 if __name__ == "__main__":

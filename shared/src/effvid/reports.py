@@ -23,6 +23,7 @@ from typing import Any
 from effvid.io import atomic_write_json, atomic_write_jsonl
 
 __all__ = [
+    "Evaluation",
     "ResultRow",
     "StageClock",
     "format_results",
@@ -141,3 +142,24 @@ class StageClock:
     @property
     def total(self) -> float:
         return time.perf_counter() - self.start
+
+
+@dataclass
+class Evaluation:
+    """What an evaluation over a dataset gives: ``metrics`` for the whole set and one ``rows``
+    entry per video. Packages subclass it with a ``summary()`` for the terminal."""
+
+    metrics: dict[str, Any]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def write(self, run_dir: str | os.PathLike[str], *, name: str = "eval") -> None:
+        """``metrics_<name>.json`` and ``predictions.jsonl`` (one line per video), atomically."""
+        run_dir = Path(run_dir)
+        atomic_write_json(run_dir / f"metrics_{name}.json", self.metrics)
+        write_predictions(run_dir / "predictions.jsonl", self.rows)
+
+    def skipped_note(self) -> str:
+        """A line on the videos ``data.on_missing: skip`` left out (from ``metrics["skipped_videos"]``),
+        or an empty string when none were."""
+        count = self.metrics.get("skipped_videos", {}).get("count", 0)
+        return f"\nskipped (missing from storage, data.on_missing=skip): {count} video(s)" if count else ""

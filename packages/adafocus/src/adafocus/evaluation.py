@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,34 +13,20 @@ from tqdm import tqdm
 from adafocus.cost import measure_unit_costs, video_macs
 from adafocus.inference import early_exit
 from adafocus.model import AdaFocus
+from effvid import reports
 from effvid.data import VideoClassificationDataset
 from effvid.data.streaming import step_loader
 from effvid.engine import autocast
-from effvid.io import atomic_write_json
 from effvid.metrics import HitAt1, VideoMAP
-from effvid.reports import write_predictions
 
 __all__ = ["Evaluation", "evaluate_dataset"]
 
 
-@dataclass
-class Evaluation:
-    metrics: dict[str, Any]
-    rows: list[dict[str, Any]] = field(default_factory=list)
-
-    def write(self, run_dir: str | Path, *, name: str = "eval") -> None:
-        """``metrics_<name>.json`` and ``predictions.jsonl`` (one line per video), atomically."""
-        run_dir = Path(run_dir)
-        atomic_write_json(run_dir / f"metrics_{name}.json", self.metrics)
-        write_predictions(run_dir / "predictions.jsonl", self.rows)
-
+class Evaluation(reports.Evaluation):
     def summary(self) -> str:
         m = self.metrics
         hist = "  ".join(f"{k}:{v:.1%}" for k, v in m["exit_histogram"].items() if v > 0)
-        skipped = m["skipped_videos"]["count"]
-        note = (
-            f"\nskipped (missing from storage, data.on_missing=skip): {skipped} video(s)" if skipped else ""
-        )
+        note = self.skipped_note()
         return (
             f"videos: {m['num_videos']}  top1: {m['top1']:.4f}  mAP: {m['map']:.4f}  "
             f"(patches: {m['policy']}, exit threshold: {m['exit_threshold']}, "

@@ -3,45 +3,29 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from effvid import reports
 from effvid.data import VideoClassificationDataset
 from effvid.data.streaming import step_loader
 from effvid.engine import autocast
-from effvid.io import atomic_write_json
 from effvid.metrics import HitAt1, VideoMAP
 from effvid.models.optimize import FastInferenceConfig, optimize_for_inference
-from effvid.reports import write_predictions
 from frameexit.inference import FrameFeatures, early_exit, measure_unit_costs, video_macs
 from frameexit.model import FrameExitModel
 
 __all__ = ["Evaluation", "evaluate_dataset"]
 
 
-@dataclass
-class Evaluation:
-    metrics: dict[str, Any]
-    rows: list[dict[str, Any]] = field(default_factory=list)
-
-    def write(self, run_dir: str | Path, *, name: str = "eval") -> None:
-        """``metrics_<name>.json`` and ``predictions.jsonl`` (one line per video), atomically."""
-        run_dir = Path(run_dir)
-        atomic_write_json(run_dir / f"metrics_{name}.json", self.metrics)
-        write_predictions(run_dir / "predictions.jsonl", self.rows)
-
+class Evaluation(reports.Evaluation):
     def summary(self) -> str:
         m = self.metrics
         hist = "  ".join(f"{k}:{v:.1%}" for k, v in m["exit_histogram"].items())
-        skipped = m["skipped_videos"]["count"]
-        note = (
-            f"\nskipped (missing from storage, data.on_missing=skip): {skipped} video(s)" if skipped else ""
-        )
+        note = self.skipped_note()
         return (
             f"videos: {m['num_videos']}  top1/Hit@1: {m['hit1']:.4f}  mAP: {m['map']:.4f}\n"
             f"frames per video: {m['mean_frames']:.2f}  GMACs per video: {m['mean_gmacs']:.4f} "
