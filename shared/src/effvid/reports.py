@@ -15,7 +15,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from effvid.io import atomic_write_json, atomic_write_jsonl
 
 __all__ = [
     "Evaluation",
+    "cheapest_within",
     "ResultRow",
     "StageClock",
     "format_results",
@@ -163,3 +164,24 @@ class Evaluation:
         or an empty string when none were."""
         count = self.metrics.get("skipped_videos", {}).get("count", 0)
         return f"\nskipped (missing from storage, data.on_missing=skip): {count} video(s)" if count else ""
+
+
+def cheapest_within(
+    candidates: Iterable[ResultRow],
+    reference: ResultRow,
+    *,
+    metric: str,
+    tolerance: float,
+    max_cost_share: float,
+    cost: Callable[[ResultRow], float] = lambda row: row.gmacs_per_video,
+) -> ResultRow | None:
+    """The demos' target: the cheapest of ``candidates`` whose ``metrics[metric]`` is at most
+    ``tolerance`` below the reference's and whose ``cost`` is at most ``max_cost_share`` of the
+    reference's (GMACs per video by default); None when no candidate qualifies."""
+    passing = [
+        row
+        for row in candidates
+        if row.metrics[metric] >= reference.metrics[metric] - tolerance
+        and cost(row) <= max_cost_share * cost(reference)
+    ]
+    return min(passing, key=cost) if passing else None

@@ -42,7 +42,7 @@ from effvid.metrics import HitAt1, VideoMAP
 from effvid.model_files import save_model
 from effvid.models import Backbone
 from effvid.plots import plot_results
-from effvid.reports import ResultRow, StageClock, format_results, write_results
+from effvid.reports import ResultRow, StageClock, cheapest_within, format_results, write_results
 
 __all__ = ["DecodedOnce", "object_masks", "patch_coverage", "run_demo"]
 
@@ -270,14 +270,8 @@ def run_demo(cfg: DemoConfig, run_dir: Path) -> None:
 
     table = format_results(rows, reference=baseline, metric="top1")
     adafocus_rows = [r for r in rows if r.method.startswith("AdaFocus") and "random" not in r.method]
-    passing = [
-        r
-        for r in adafocus_rows
-        if r.metrics["top1"] >= baseline.metrics["top1"] - 0.01
-        and r.gmacs_per_video <= 0.5 * baseline.gmacs_per_video
-    ]
-    if passing:
-        best = min(passing, key=lambda r: r.gmacs_per_video)
+    best = cheapest_within(adafocus_rows, baseline, metric="top1", tolerance=0.01, max_cost_share=0.5)
+    if best is not None:
         verdict = (
             f"Target met by '{best.label}': top-1 {100 * best.metrics['top1']:.2f} vs "
             f"{100 * baseline.metrics['top1']:.2f} for the full-frame baseline, at "

@@ -22,7 +22,7 @@ from effvid.engine import resolve_device, seed_everything
 from effvid.io import atomic_write_json, atomic_write_text
 from effvid.model_files import save_model
 from effvid.plots import plot_results
-from effvid.reports import ResultRow, StageClock, format_results, write_results
+from effvid.reports import ResultRow, StageClock, cheapest_within, format_results, write_results
 from frameexit.build import build_model
 from frameexit.config import DemoConfig
 from frameexit.conversion import KIND
@@ -113,14 +113,8 @@ def run_demo(cfg: DemoConfig, run_dir: Path) -> None:
     # the reference: the better of the two all-frames models (same GMACs), never the weaker
     reference = max(rows[:2], key=lambda r: r.metrics["top1"])
     gated_rows = [r for r in rows if r.setting.startswith("beta=")]
-    passing = [
-        r
-        for r in gated_rows
-        if r.metrics["top1"] >= reference.metrics["top1"] - 0.01
-        and r.gmacs_per_video <= 0.5 * reference.gmacs_per_video
-    ]
-    if passing:
-        best = min(passing, key=lambda r: r.gmacs_per_video)
+    best = cheapest_within(gated_rows, reference, metric="top1", tolerance=0.01, max_cost_share=0.5)
+    if best is not None:
         verdict = (
             f"Target met by FrameExit with {best.setting}: top-1 {100 * best.metrics['top1']:.2f} vs "
             f"{100 * reference.metrics['top1']:.2f} for '{reference.label}', at "
