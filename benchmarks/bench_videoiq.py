@@ -32,6 +32,8 @@ of one strategy against another).
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
 import warnings
 from collections.abc import Callable
 from dataclasses import replace
@@ -219,6 +221,89 @@ def bench_random(
     bench(title, model, teacher, model.recognizer, clips, repeats, sample=True, only=only, loops=loops)
 
 
+#: the decisions of the demo's trained policy (efficient_w=1, README): 4 bits 60 %, 2 bits 30 %,
+#: skip 10 %; without --predictions every video replays this 8-frame pattern (62.5/25/12.5 %)
+DEFAULT_PATTERN = ("4bit", "4bit", "2bit", "4bit", "4bit", "2bit", "4bit", "skip1")
+
+
+def _replay(model: VideoIQ, actions: list[int]) -> Callable:
+    """A policy stand-in: the real policy runs (its cost stays in), then the frames get ``actions``."""
+    forward = model.policy.forward
+
+    def run(clip: torch.Tensor, sample: bool = False) -> PolicyOutput:
+        out = forward(clip, sample=sample)
+        onehot = torch.nn.functional.one_hot(torch.tensor(actions), out.decisions.shape[-1]).float()
+        return PolicyOutput(onehot.expand_as(out.decisions), out.log_probs, out.class_logits)
+
+    return run
+
+
+@torch.no_grad()
+def bench_realistic(predictions: Path | None, videos: int, rounds: int, size: int, frames: int) -> None:
+    """ResNet-18 at ``size`` (random weights), one video of ``frames`` frames per call: the float
+    network on every frame vs VideoIQ's dynamic inference (fake-quantised, and with the <= 8-bit
+    frames on int8) under the decisions of a trained policy, and the policy alone (the paper's
+    MobileNetV2 at 84x84). Variants alternate within each round; median and min over rounds."""
+    torch.manual_seed(0)
+    model = VideoIQ(arch="resnet18", num_classes=200, skip_list=(1,)).eval()
+    teacher = FullPrecisionTeacher(arch="resnet18", num_classes=200).eval()
+    names = action_names(model)
+    if predictions is not None:
+        rows = [json.loads(line) for line in predictions.read_text().splitlines()]
+        sequences = [[names.index(a) for a in r["actions"][:frames]] for r in rows]
+        source = f"{predictions} ({len(rows)} videos)"
+    else:
+        sequences = [[names.index(a) for a in DEFAULT_PATTERN[:frames]]]
+        source = "the fixed pattern " + " ".join(DEFAULT_PATTERN[:frames])
+    if any(len(seq) != frames for seq in sequences):
+        raise SystemExit(f"--predictions: every video needs {frames} decisions")
+
+    def dist(seqs: list[list[int]]) -> str:
+        counts = torch.bincount(torch.tensor(seqs).flatten(), minlength=len(names)).double()
+        return "  ".join(f"{n} {float(c / counts.sum()):.1%}" for n, c in zip(names, counts))
+
+    # evenly spaced over the file (its videos are in list order, e.g. the early then the late half)
+    replayed = [sequences[(i * len(sequences)) // videos] for i in range(videos)]
+    clips = [torch.randn(1, frames, 3, size, size) for _ in range(videos)]
+    int8 = int8_branches(model.recognizer, torch.cat(clips[:2]).flatten(0, 1))
+    real = model.policy.forward
+
+    def dynamic(with_int8: bool) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                for i, clip in enumerate(clips):
+                    model.policy.forward = _replay(model, replayed[i])
+                    dynamic_inference(model, clip, int8=int8 if with_int8 else None)
+            finally:
+                model.policy.forward = real
+
+        return run
+
+    variants = {
+        "float, every frame": lambda: [teacher(c) for c in clips],
+        "VideoIQ dynamic, int8": dynamic(True),
+        "VideoIQ dynamic, fake-quantised": dynamic(False),
+        "policy alone (in both)": lambda: [model.policy(c) for c in clips],
+    }
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for fn in variants.values():  # warm-up
+        fn()
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            seconds, _ = timed(fn, 1)
+            times[name].append(1000 * seconds / videos)
+    print(f"\nresnet18 at {size}x{size}, random weights, {videos} videos of {frames} frames, one per call")
+    print(f"machine: {machine()}")
+    print(f"decisions from {source}: {dist(sequences)}")
+    print(f"replayed on the {videos} timed videos: {dist(replayed)}")
+    print(f"{'variant':<34} {'ms/video':>9} {'(min)':>8} {'vs float':>9}")
+    ref = statistics.median(times["float, every frame"])
+    for name, ms in times.items():
+        med = statistics.median(ms)
+        print(f"{name:<34} {med:>9.1f} {min(ms):>8.1f} {med / ref:>8.2f}x")
+    print(f"medians (min) of {rounds} rounds, variants alternated within each round")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, help="a videoiq-demo run directory")
@@ -233,9 +318,21 @@ def main() -> None:
     parser.add_argument(
         "--repeats", type=int, default=2, help="timed repeats per strategy (the best is kept)"
     )
+    parser.add_argument(
+        "--realistic",
+        action="store_true",
+        help="ResNet-18 at --size, one video of --frames per call: float vs VideoIQ (int8) vs its policy",
+    )
+    parser.add_argument(
+        "--predictions", type=Path, default=None, help="--realistic: replay a demo policy's predictions.jsonl"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="--realistic: alternated rounds")
     parser.add_argument("--only", default=None, help="run this one strategy --loops times, print nothing")
     parser.add_argument("--loops", type=int, default=1)
     args = parser.parse_args()
+    if args.realistic:
+        bench_realistic(args.predictions, args.videos, args.rounds, args.size, args.frames)
+        return
     if args.run and args.arch:
         parser.error("give --run DIR or --arch NAME, not both")
     if args.run:

@@ -13,7 +13,7 @@ from conftest import SPEC, write_config
 from original_reference import OrigResNetPACTAP, OrigResNetVideoIQ, randomise
 
 from effvid.cli import RunDirError
-from effvid.config import load_config
+from effvid.config import ConfigError, load_config
 from effvid.model_files import load_weights, read_model_file
 from effvid.reports import read_results
 from videoiq.cli import CONVERT, DEMO, TEST, TRAIN
@@ -250,3 +250,39 @@ def test_evidence_rates_by_frame_group():
     assert r["evidence_free_relative_cost"] == pytest.approx(1 / 32) and r[
         "evidence_relative_cost"
     ] == pytest.approx(2.5 / 4)
+
+
+def test_int8_option_runs_low_bit_frames_on_int8_kernels(stages, tmp_path, capsys, monkeypatch):
+    policy = str(stages["files"]["policy"])
+    # sampled (seeded) decisions: the one-epoch policy's argmax keeps every frame at 32 bits
+    sampled = ["--checkpoint.init", policy, "--sample", "true"]
+    _, fake, _ = _test(stages, "lmdb", tmp_path / "fake", *sampled)
+    metrics, rows, _ = _test(
+        stages,
+        "lmdb",
+        tmp_path / "int8",
+        *sampled,
+        "--int8",
+        "true",
+        "--engine.device",
+        "cpu",
+    )
+    assert "int8: bit widths [4, 2] on the x86 int8 kernels" in capsys.readouterr().out
+    assert metrics["int8"] == {
+        "branches": [4, 2],
+        "float_path": [32],
+        "engine": "x86",
+        "calibration_frames": 12,  # the first batch: the 3 held-out videos, 4 frames each
+    }
+    # the policy is the same float network: the same decisions; only the <= 8-bit frames change
+    assert [r["actions"] for r in rows] == [r["actions"] for r in fake]
+    low = [i for i, r in enumerate(rows) if any(b in (2, 4) for b in r["bits"])]
+    assert low, "the tiny policy sent no frame to 4 or 2 bits"
+    assert any(rows[i]["probs"] != fake[i]["probs"] for i in low)  # int8 kernels, not the float path
+    for r, f in zip(rows, fake):
+        if not any(b in (2, 4) for b in r["bits"]):
+            assert r["probs"] == pytest.approx(f["probs"], abs=1e-5)
+    # on a GPU (stood in for here: this machine may have none) the option is a clear error
+    monkeypatch.setattr("videoiq.cli.resolve_device", lambda name: torch.device("cuda"))
+    with pytest.raises(ConfigError, match="CPU kernels only"):
+        _test(stages, "lmdb", tmp_path / "gpu", *sampled, "--int8", "true", "--engine.device", "cuda")

@@ -169,3 +169,26 @@ def test_temperature_changes_gradients_not_hard_decisions():
         grads.append(policy.linear.weight.grad.clone())
     assert torch.equal(decisions[0], decisions[1])
     assert not torch.allclose(grads[0], grads[1])
+
+
+def test_inference_shortcuts_give_the_same_values():
+    """The stem's channels-last max pool (no autograd) and the skipped scale-1 resize of the
+    policy's frames change no value."""
+    from videoiq.model import InferenceMaxPool2d
+    from videoiq.policy import small_frames
+
+    torch.manual_seed(0)
+    x = torch.relu(torch.randn(6, 5, 17, 16))  # ReLU output: many tied maxima (zeros)
+    pool, plain = InferenceMaxPool2d(3, 2, 1), torch.nn.MaxPool2d(3, 2, 1)
+    with torch.no_grad():
+        fast = pool(x)
+    assert fast.is_contiguous() and torch.equal(fast, plain(x))
+    net = VideoIQ(arch="resnet18", num_classes=3, skip_list=(1,), backbone_kwargs={"width": 4})
+    assert isinstance(net.recognizer.backbone.maxpool, InferenceMaxPool2d)
+    clip = torch.rand(2, 3, 3, 20, 20)
+    assert torch.equal(
+        small_frames(clip, 20),
+        torch.nn.functional.interpolate(clip.flatten(1, 2), size=[20, 20], mode="bilinear").view(
+            6, 3, 20, 20
+        ),
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ from videoiq.build import (
 from videoiq.config import ConvertConfig, DemoConfig, TestConfig, TrainConfig
 from videoiq.conversion import convert_original_state_dict, load_original_checkpoint
 from videoiq.evaluation import evaluate_videoiq, video_batches
+from videoiq.int8 import MAX_INT_BITS, Int8Branch
+from videoiq.model import VideoIQ
 from videoiq.training import train
 
 __all__ = ["CONVERT", "DEMO", "TEST", "TRAIN"]
@@ -59,15 +62,16 @@ def run_test(cfg: TestConfig, run_dir: Path) -> None:
     else:
         print("warning: running on RANDOM weights (--random_weights true); every output records it")
     dataset = build_dataset(cfg.data, num_classes=cfg.model.num_class)
+    device = resolve_device(cfg.engine.device)
+    batches = video_batches(dataset, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers)
+    int8, int8_info = ({}, None) if not cfg.int8 else _int8_branches(cfg, model, batches, device)
     if cfg.sample:
         torch.manual_seed(cfg.seed)
     result = evaluate_videoiq(
-        model,
-        video_batches(dataset, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers),
-        device=resolve_device(cfg.engine.device),
-        sample=cfg.sample,
-        progress=cfg.engine.progress,
+        model, batches, device=device, sample=cfg.sample, progress=cfg.engine.progress, int8=int8
     )
+    if int8_info is not None:
+        result.metrics["int8"] = int8_info
     result.metrics["weights"] = (
         "RANDOM (--random_weights true)"
         if cfg.random_weights
@@ -77,6 +81,50 @@ def run_test(cfg: TestConfig, run_dir: Path) -> None:
     result.write(run_dir)
     print(result.summary())
     print(f"outputs: {run_dir / 'metrics_eval.json'}, {run_dir / 'predictions.jsonl'}")
+
+
+def _int8_branches(
+    cfg: TestConfig, model: VideoIQ, batches: Iterable[Any], device: torch.device
+) -> tuple[dict[int, Int8Branch], dict[str, Any]]:
+    """--int8: an :class:`Int8Branch` for every bit width <= 8 of the family, calibrated on the
+    frames of the first ``int8_calibration_batches`` evaluated batches."""
+    if device.type != "cpu":
+        raise ConfigError(
+            f"--int8 true runs PyTorch's quantised CPU kernels only; the device is '{device}' "
+            "(give --engine.device cpu, or leave --int8 false)"
+        )
+    if cfg.int8_engine not in torch.backends.quantized.supported_engines:
+        raise ConfigError(
+            f"--int8_engine {cfg.int8_engine} is not available in this torch build; supported: "
+            f"{', '.join(e for e in torch.backends.quantized.supported_engines if e != 'none')}"
+        )
+    bits = [b for b in model.family if b <= MAX_INT_BITS]
+    if not bits:
+        raise ConfigError(
+            f"--int8 true: the family {model.family} has no bit width <= {MAX_INT_BITS} to run on int8 kernels"
+        )
+    frames = []
+    for i, batch in enumerate(batches):
+        if i >= cfg.int8_calibration_batches:
+            break
+        frames.append(batch["video"].flatten(0, 1))
+    calibration = torch.cat(frames)
+    model.eval()
+    try:
+        branches = {b: Int8Branch(model.recognizer, b, calibration, engine=cfg.int8_engine) for b in bits}
+    except ValueError as exc:  # a mean_aligned network, a clip <= 0
+        raise ConfigError(f"--int8 true: {exc}") from None
+    info = {
+        "branches": bits,
+        "float_path": [p if p == "float" else int(p) for p in model.precisions if p not in bits],
+        "engine": cfg.int8_engine,
+        "calibration_frames": int(calibration.shape[0]),
+    }
+    print(
+        f"int8: bit widths {bits} on the {cfg.int8_engine} int8 kernels (calibrated on "
+        f"{calibration.shape[0]} frames); {info['float_path'] or 'nothing'} fake-quantised"
+    )
+    return branches, info
 
 
 def run_convert(cfg: ConvertConfig, run_dir: Path) -> None:

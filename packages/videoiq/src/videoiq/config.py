@@ -268,9 +268,20 @@ class TestConfig(RunConfig):
     )
     seed: int = option(0, "random seed of sampled decisions")
     random_weights: bool = option(False, "run without --checkpoint.init on random weights (smoke tests)")
+    int8: bool = option(
+        False,
+        "run the <= 8-bit branches on PyTorch's int8 CPU kernels (videoiq.int8.Int8Branch; CPU only); "
+        "wider bit widths stay fake-quantised",
+    )
+    int8_engine: str = option("x86", "the quantised CPU engine of --int8 (x86, fbgemm, onednn)")
+    int8_calibration_batches: int = option(
+        1, "--int8: how many of the first evaluated batches calibrate the int8 branches' scales"
+    )
 
     def __post_init__(self) -> None:
         _check_fit(self.data, self.model)
+        if self.int8_calibration_batches < 1:
+            raise ValueError("--int8_calibration_batches must be at least 1")
         if self.checkpoint.init is None and not self.random_weights:
             raise ValueError(
                 "no weights: give --checkpoint.init (a videoiq model.pt, or an authors' checkpoint with "

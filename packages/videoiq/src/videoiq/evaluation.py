@@ -151,11 +151,13 @@ def evaluate_videoiq(
     device: torch.device,
     sample: bool = False,
     progress: bool = False,
+    int8: Mapping[int, Callable[[torch.Tensor], torch.Tensor]] | None = None,
 ) -> Evaluation:
     """Dynamic inference over ``batches``: metrics, policy distribution, costs, per-video rows.
 
     ``sample`` draws the policy's decisions (Gumbel at the model's temperature; seed torch first
-    for repeatable draws); the default takes the argmax.
+    for repeatable draws); the default takes the argmax. ``int8``: bit width -> an int8 branch
+    that runs those frames instead (:func:`videoiq.inference.dynamic_inference`).
     """
     model = model.to(device).eval()
     names, num_skips = action_names(model), len(model.skip_list)
@@ -170,7 +172,7 @@ def evaluate_videoiq(
             frame_shape, num_frames = tuple(clip.shape[2:]), clip.shape[1]
             costs, per_frame = measure_unit_costs(model, frame_shape), frame_bitops(model, frame_shape)
             constants = formula_constants(model, frame_shape, num_frames, costs)
-        infer = lambda clip=clip: dynamic_inference(model, clip, sample=sample)  # noqa: E731
+        infer = lambda clip=clip: dynamic_inference(model, clip, sample=sample, int8=int8)  # noqa: E731
         result, took = _timed(infer, device, warm_up=not rows)
         seconds += took
         _check_finite(result.logits, batch["key"])

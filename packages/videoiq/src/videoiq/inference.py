@@ -70,11 +70,14 @@ def dynamic_inference(
         for i, precision in enumerate(precisions):
             idx = (flat == i).nonzero().flatten()
             if idx.numel():
+                whole = idx.numel() == flat.numel()  # one group: no gather, no scatter
+                group = frames if whole else frames.index_select(0, idx)
                 run = int8.get(precision) if isinstance(precision, int) else None
-                out = (
-                    run(frames[idx]) if run is not None else model.precision_features(frames[idx], precision)
-                )
-                feats[idx] = out.to(feats.dtype)
+                out = run(group) if run is not None else model.precision_features(group, precision)
+                if whole:
+                    feats = out.to(feats.dtype)
+                else:
+                    feats[idx] = out.to(feats.dtype)
     finally:
         model.recognizer.set_bit_width(model.family[0])
     kept = actions < len(precisions)

@@ -55,6 +55,8 @@ def small_frames(clip: torch.Tensor, size: int) -> torch.Tensor:
     """clip (B, T, 3, H, W) -> frames (B*T, 3, size, size), bilinear; resized as one (B, T*3, H, W)
     image like the original (per-frame batches round differently)."""
     b, t, c = clip.shape[:3]
+    if tuple(clip.shape[3:]) == (size, size):  # bilinear at scale 1 returns its input: skip the copy
+        return clip.flatten(0, 1)
     return F.interpolate(clip.flatten(1, 2), size=[size, size], mode="bilinear").view(b * t, c, size, size)
 
 
