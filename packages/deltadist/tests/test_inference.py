@@ -90,9 +90,10 @@ def test_pairs_of_ddrnet_skip_pre_activation_batchnorms():
     assert "spp.scale1.3" not in pairs  # BN -> ReLU -> conv: nothing before it to fold into
 
 
-def test_inference_reconstruction_equals_the_training_path_and_keeps_channels_last():
+@pytest.mark.parametrize("clips_per_call", [1, 2])  # 1: the single-clip path on plain 4-D slices
+def test_inference_reconstruction_equals_the_training_path_and_keeps_channels_last(clips_per_call):
     net = _delta_model("corrected", deployed=True)
-    clips = clips_like(b=2, t=3)
+    clips = clips_like(b=clips_per_call, t=3)
     reference = forward_clip(net, clips)  # autograd on: z_0 + dz, then torch.cat
     with torch.no_grad():  # inference: the sum written into a preallocated output
         torch.testing.assert_close(forward_clip(net, clips), reference, rtol=0, atol=0)

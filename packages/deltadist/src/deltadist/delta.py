@@ -164,6 +164,8 @@ class DeltaConv(nn.Module):
             z = self.teacher(x).unflatten(0, (-1, t))
             self.teacher_delta = (z[:, 1:] - z[:, :1]).flatten(0, 1).detach()
             return z.flatten(0, 1)
+        if x.shape[0] == t and self._in_place_ok():
+            return self._forward_one_clip(x)
         clips = x.unflatten(0, (-1, t))
         x0 = clips[:, 0]
         z0 = self.teacher(x0).unsqueeze(1)
@@ -179,6 +181,21 @@ class DeltaConv(nn.Module):
         frames = out.unflatten(0, (-1, t))
         frames[:, 0] = z0
         torch.add(dz, z0.unsqueeze(1), out=frames[:, 1:])
+        return out
+
+    def _forward_one_clip(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference on a single clip (batch = its T frames): the general path's arithmetic on plain
+        4-D slices, without its 5-D views (each view is a dispatched op, and on DDRNet's small maps
+        at 128x256 those fixed costs are a measurable part of a delta layer's time)."""
+        x0 = x[:1]
+        z0 = self.teacher(x0)
+        dz = self._student_delta(x[1:] - x0)
+        if dz.dtype != z0.dtype:
+            return torch.cat([z0, z0 + dz])
+        fmt = torch.channels_last if _channels_last(z0) else torch.contiguous_format
+        out = torch.empty((x.shape[0], *z0.shape[1:]), dtype=z0.dtype, device=z0.device, memory_format=fmt)
+        out[:1] = z0
+        torch.add(dz, z0, out=out[1:])
         return out
 
     def _in_place_ok(self) -> bool:
