@@ -71,3 +71,26 @@ def test_results_rows_round_trip_and_plot_together(tmp_path):
     )
     with pytest.raises(ValueError, match=r"bad\.json: row 0 has unknown key\(s\) \['color'\]"):
         read_results(tmp_path / "bad.json")
+
+
+def test_cheapest_within_picks_the_demo_target_row():
+    from effvid.reports import ResultRow, cheapest_within
+
+    ref = ResultRow("static", "all frames", {"top1": 0.90}, 1.0, 10.0, 50.0)
+    rows = [
+        ResultRow("M", "a", {"top1": 0.895}, 0.45, 4.0, 1.0),  # within 1 point, 45 %: passes
+        ResultRow("M", "b", {"top1": 0.891}, 0.30, 3.0, 1.0),  # within 1 point, 30 %: cheaper, passes
+        ResultRow("M", "c", {"top1": 0.85}, 0.10, 1.0, 1.0),  # too inaccurate
+        ResultRow("M", "d", {"top1": 0.95}, 0.60, 6.0, 1.0),  # too costly
+    ]
+    assert cheapest_within(rows, ref, metric="top1", tolerance=0.01, max_cost_share=0.5) is rows[1]
+    assert cheapest_within(rows[2:], ref, metric="top1", tolerance=0.01, max_cost_share=0.5) is None
+    by_frames = cheapest_within(
+        [rows[0], rows[3]],
+        ref,
+        metric="top1",
+        tolerance=0.01,
+        max_cost_share=0.5,
+        cost=lambda r: r.frames_per_video,
+    )
+    assert by_frames is rows[0]
