@@ -330,3 +330,35 @@ def test_two_process_training_equals_one_process_on_the_total_batch(tmp_path):
     ddp = torch.load(out, weights_only=True)
     for name, value in single.state_dict().items():
         torch.testing.assert_close(ddp[name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_fit_follows_lr_lambda_and_calls_attach(tmp_path):
+    """engine.fit: the learning rate follows lr_lambda(iteration, total) per iteration (here a step
+    decay at half the run), and attach(trainer) runs before training."""
+    from effvid.engine import fit
+
+    seed_everything(0)
+    model = make_model(0.0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    rates, attached = [], []
+
+    def attach(trainer):
+        attached.append(trainer)
+        trainer.add_event_handler(
+            Events.ITERATION_STARTED, lambda e: rates.append(optimizer.param_groups[0]["lr"])
+        )
+
+    cfg = EngineConfig(epochs=2, checkpoint_every=100, progress=False)
+    done = fit(
+        Objective(model),
+        optimizer,
+        Blobs(),
+        cfg,
+        tmp_path / "run",
+        batch_size=8,
+        lr_lambda=lambda it, total: 1.0 if it < total // 2 else 0.1,
+        attach=attach,
+    )
+    assert done and len(attached) == 1
+    assert len(rates) == 10  # 40 samples / 8 per batch x 2 epochs
+    assert rates[:5] == pytest.approx([0.1] * 5) and rates[5:] == pytest.approx([0.01] * 5)

@@ -29,7 +29,7 @@ from deltadist.cost import LayerCosts, layer_costs, layer_costs_from_latency
 from deltadist.delta import delta_layers, set_clip_length, student_parameters
 from deltadist.losses import CrossEntropy2d, DeltaDistillationLoss, OhemCrossEntropy
 from effvid.data import worker_init_fn
-from effvid.engine import EngineConfig, make_dataloader, run_trainer, setup_trainer
+from effvid.engine import EngineConfig, fit
 from effvid.flops import latency_table
 from effvid.model_files import ModelFileError
 
@@ -163,25 +163,21 @@ def _fit(
     loss: DeltaDistillationLoss | None = None,
     distill_fraction: float = 1.0,
 ) -> bool:
-    loader = make_dataloader(
+    def poly(iteration: int, total: int) -> float:
+        return max(1.0 - iteration / total, 0.0) ** poly_power if poly_power else 1.0
+
+    return fit(
+        objective,
+        optimizer,
         dataset,
+        cfg,
+        run_dir,
         batch_size=batch_size,
-        train=True,
-        seed=cfg.seed,
         num_workers=num_workers,
+        lr_lambda=poly,
+        attach=(lambda trainer: attach_distill_switch(trainer, loss, distill_fraction)) if loss else None,
         worker_init_fn=worker_init_fn,
-        drop_last=len(dataset) > batch_size,
     )
-    total = cfg.epochs * len(loader)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda it: max(1.0 - it / total, 0.0) ** poly_power if poly_power else 1.0
-    )
-    trainer = setup_trainer(
-        module=objective, optimizer=optimizer, cfg=cfg, run_dir=run_dir, lr_scheduler=sched
-    )
-    if loss is not None:
-        attach_distill_switch(trainer, loss, distill_fraction)
-    return run_trainer(trainer, loader, epochs=cfg.epochs)
 
 
 def train_delta(

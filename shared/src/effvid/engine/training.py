@@ -194,6 +194,7 @@ def fit(
     batch_size: int,
     num_workers: int = 0,
     cosine: bool = True,
+    lr_lambda: Callable[[int, int], float] | None = None,
     trainable: Callable[[], None] | None = None,
     attach: Callable[[Engine], Any] | None = None,
     **loader_kwargs: Any,
@@ -202,7 +203,8 @@ def fit(
     training loader over ``dataset`` (:func:`make_dataloader`; ``loader_kwargs`` go to it, e.g. a
     ``worker_init_fn``), the learning rate cosine-annealed per iteration unless ``cosine`` is False.
 
-    ``attach(trainer)`` is called before the run, to add handlers (e.g. :func:`attach_validation`).
+    ``lr_lambda(iteration, total_iterations)`` (a factor of the initial rates) replaces the cosine
+    when given. ``attach(trainer)`` is called before the run, to add handlers (e.g. :func:`attach_validation`).
     Returns False when ``run_dir`` already held the finished run (nothing trained).
     """
     loader = make_dataloader(
@@ -214,11 +216,12 @@ def fit(
         drop_last=len(dataset) > batch_size,  # type: ignore[arg-type]
         **loader_kwargs,
     )
-    scheduler = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * len(loader))
-        if cosine
-        else None
-    )
+    total = cfg.epochs * len(loader)
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    if lr_lambda is not None:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_lambda(it, total))
+    elif cosine:
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
     trainer = setup_trainer(
         module=module,
         optimizer=optimizer,

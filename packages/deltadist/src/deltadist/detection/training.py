@@ -34,7 +34,7 @@ from deltadist.detection.data import collate_detection
 from deltadist.losses import teacher_deltas
 from deltadist.training import attach_distill_switch, param_groups
 from effvid.data import worker_init_fn
-from effvid.engine import EngineConfig, make_dataloader, run_trainer, setup_trainer
+from effvid.engine import EngineConfig, fit
 
 __all__ = [
     "DetectionDistillationLoss",
@@ -149,25 +149,23 @@ def _fit(
     loss=None,
     distill_fraction=1.0,
 ):
-    loader = make_dataloader(
+    def step_decay(iteration: int, total: int) -> float:  # gamma at each of step_epochs
+        per_epoch = total // cfg.epochs
+        return gamma ** sum(iteration >= e * per_epoch for e in step_epochs)
+
+    return fit(
+        objective,
+        optimizer,
         dataset,
+        cfg,
+        run_dir,
         batch_size=batch_size,
-        train=True,
-        seed=cfg.seed,
         num_workers=num_workers,
+        lr_lambda=step_decay,
+        attach=(lambda trainer: attach_distill_switch(trainer, loss, distill_fraction)) if loss else None,
         worker_init_fn=worker_init_fn,
         collate_fn=collate_detection,
-        drop_last=len(dataset) > batch_size,
     )
-    per_epoch = len(loader)
-    steps = [e * per_epoch for e in step_epochs]
-    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: gamma ** sum(it >= s for s in steps))
-    trainer = setup_trainer(
-        module=objective, optimizer=optimizer, cfg=cfg, run_dir=run_dir, lr_scheduler=sched
-    )
-    if loss is not None:
-        attach_distill_switch(trainer, loss, distill_fraction)
-    return run_trainer(trainer, loader, epochs=cfg.epochs)
 
 
 def train_delta_detector(
