@@ -25,6 +25,7 @@ from effvid.io import atomic_write_json, atomic_write_jsonl
 __all__ = [
     "Evaluation",
     "cheapest_within",
+    "check_finite_scores",
     "ResultRow",
     "StageClock",
     "format_results",
@@ -185,3 +186,13 @@ def cheapest_within(
         and cost(row) <= max_cost_share * cost(reference)
     ]
     return min(passing, key=cost) if passing else None
+
+
+def check_finite_scores(scores: Any, keys: Sequence[str]) -> None:
+    """Refuse class scores (N, K) with a NaN or inf, naming the first of the ``keys`` (N,) affected."""
+    bad = [key for key, row in zip(keys, scores) if not row.isfinite().all()]
+    if bad:
+        raise FloatingPointError(
+            f"the model gave non-finite class scores for {len(bad)} video(s), first '{bad[0]}'; "
+            "check the weights (--checkpoint.init) and the input frames"
+        )

@@ -114,16 +114,7 @@ def evaluate_dataset(
                     policy=policy,
                     generator=generator,
                 )
-            bad = [
-                dataset.records[ids[j]].key
-                for j in range(len(ids))
-                if not torch.isfinite(result.logits[j]).all()
-            ]
-            if bad:
-                raise FloatingPointError(
-                    f"the model gave non-finite class scores for {len(bad)} video(s), first '{bad[0]}'; "
-                    "check the weights (--checkpoint.init) and the input frames"
-                )
+            reports.check_finite_scores(result.logits, [dataset.records[i].key for i in ids])
             targets = torch.stack([dataset.label(i) for i in ids])
             hit1.update((result.probs, targets))
             mean_ap.update((result.probs, targets))

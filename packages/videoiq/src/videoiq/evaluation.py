@@ -24,7 +24,7 @@ from effvid.engine import make_dataloader
 from effvid.flops import UnitCosts
 from effvid.io import atomic_write_json
 from effvid.metrics import HitAt1, VideoMAP
-from effvid.reports import write_predictions
+from effvid.reports import check_finite_scores, write_predictions
 from videoiq.cost import (
     PAPER_BACKBONE_GFLOPS,
     PaperConstants,
@@ -134,15 +134,6 @@ def _timed(fn: Callable[[], T], device: torch.device, *, warm_up: bool = False) 
     return out, time.perf_counter() - start
 
 
-def _check_finite(logits: torch.Tensor, keys: Sequence[str]) -> None:
-    bad = [k for k, row in zip(keys, logits) if not torch.isfinite(row).all()]
-    if bad:
-        raise FloatingPointError(
-            f"the model gave non-finite class scores for {len(bad)} video(s), first '{bad[0]}'; "
-            "check the weights (--checkpoint.init) and the input frames"
-        )
-
-
 @torch.no_grad()
 def evaluate_videoiq(
     model: VideoIQ,
@@ -175,7 +166,7 @@ def evaluate_videoiq(
         infer = lambda clip=clip: dynamic_inference(model, clip, sample=sample, int8=int8)  # noqa: E731
         result, took = _timed(infer, device, warm_up=not rows)
         seconds += took
-        _check_finite(result.logits, batch["key"])
+        check_finite_scores(result.logits, batch["key"])
         probs, actions = result.probs.cpu(), result.actions.cpu()
         hit1.update((probs, batch["label"]))
         mean_ap.update((probs, batch["label"]))
@@ -239,7 +230,7 @@ def evaluate_static(
             clip_shape = clip_shape or tuple(clip.shape[1:])
             logits, took = _timed(lambda clip=clip: run(clip), device, warm_up=n == 0)
             seconds += took
-            _check_finite(logits, batch["key"])
+            check_finite_scores(logits, batch["key"])
             probs = torch.softmax(logits.float(), dim=1).cpu()
             hit1.update((probs, batch["label"]))
             mean_ap.update((probs, batch["label"]))
