@@ -163,9 +163,9 @@ def test_load_frames_streams_only_requested_positions(synth, monkeypatch):
     decoded = []
     original = storage_module.decode_image
 
-    def counting(data, *, where):
+    def counting(data, *, where, min_side=None):
         decoded.append(where)
-        return original(data, where=where)
+        return original(data, where=where, min_side=min_side)
 
     monkeypatch.setattr(storage_module, "decode_image", counting)
     ds = VideoClassificationDataset(
@@ -311,6 +311,149 @@ def test_corrupt_image_bytes(tmp_path):
         FrameFolderStorage(tmp_path).read_frames("v1", [0])
     with pytest.raises(DataError, match="empty image data"):
         decode_image(b"", where="x")
+
+
+def _textured(height: int, width: int) -> np.ndarray:
+    y, x = np.mgrid[0:height, 0:width]
+    return np.stack([(x * 255 // width), (y * 255 // height), ((x + y) * 3) % 256], -1).astype(np.uint8)
+
+
+def test_jpeg_size_reads_the_frame_header():
+    from effvid.data import jpeg_size
+
+    assert jpeg_size(encode_jpeg(_textured(35, 61))) == (35, 61)
+    ok, progressive = cv2.imencode(".jpg", _textured(20, 30), [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
+    assert ok and jpeg_size(progressive.tobytes()) == (20, 30)
+    assert jpeg_size(cv2.imencode(".png", _textured(8, 8))[1].tobytes()) is None
+    assert jpeg_size(b"\xff\xd8garbage") is None and jpeg_size(b"") is None
+
+
+@pytest.mark.parametrize(
+    ("size", "min_side", "expected"),
+    [
+        ((480, 640), 224, (240, 320)),  # 1/2: 240 >= 224, 1/4 would be 120
+        ((960, 1280), 224, (240, 320)),  # 1/4
+        ((1920, 2560), 224, (240, 320)),  # 1/8
+        ((400, 640), 224, (400, 640)),  # short side < 2 x 224: full size
+        ((480, 640), None, (480, 640)),  # off
+    ],
+)
+def test_reduced_size_decoding(size, min_side, expected):
+    image = _textured(*size)
+    data = encode_jpeg(image, quality=95)
+    decoded = decode_image(data, where="x", min_side=min_side)
+    assert decoded.shape == (*expected, 3)
+    if expected != size:  # close to a full decode resized to the same size
+        full = cv2.resize(decode_image(data, where="x"), expected[::-1], interpolation=cv2.INTER_AREA)
+        assert np.abs(decoded.astype(int) - full.astype(int)).mean() < 3
+    png = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))[1].tobytes()
+    assert decode_image(png, where="x", min_side=min_side).shape == (*size, 3)  # PNG: always full
+
+
+def test_reduced_decode_option_reaches_the_storage_and_keeps_the_model_input(tmp_path):
+    from effvid.data import DataConfig, build_dataset
+
+    (tmp_path / "frames" / "v").mkdir(parents=True)
+    for i in range(3):
+        (tmp_path / "frames" / "v" / f"img_{i}.jpg").write_bytes(encode_jpeg(_textured(240, 320)))
+    (tmp_path / "list.txt").write_text("v 3 0\n")
+
+    def data(reduced: bool) -> DataConfig:
+        return DataConfig(
+            format="list",
+            path_frame=str(tmp_path / "frames"),
+            path_label=str(tmp_path / "list.txt"),
+            num_frames=2,
+            reduced_decode=reduced,
+            transform=TransformConfig(resize=64, crop=56),
+        )
+
+    plain, reduced = build_dataset(data(False), num_classes=2), build_dataset(data(True), num_classes=2)
+    assert plain.storage.decode_min_side is None and reduced.storage.decode_min_side == 64
+    assert reduced.storage.read_frames("v", [0])[0].shape == (120, 160, 3)  # 1/2: 120 >= 64 > 60
+    a, b = plain.load_frames(0, [0, 1]), reduced.load_frames(0, [0, 1])
+    assert a.shape == b.shape == (2, 3, 56, 56)
+    assert (a - b).abs().mean() < 0.05  # normalised units: the same picture
+
+
+def test_reduced_decode_is_refused_for_segmentation(tmp_path):
+    from effvid.data import DataConfig, build_dataset
+
+    seq_dir, gt_dir = tmp_path / "leftImg8bit_sequence" / "val" / "c", tmp_path / "gtFine" / "val" / "c"
+    seq_dir.mkdir(parents=True)
+    gt_dir.mkdir(parents=True)
+    for f in range(30):
+        cv2.imwrite(str(seq_dir / f"c_000001_{f:06d}_leftImg8bit.png"), np.zeros((8, 16, 3), np.uint8))
+    cv2.imwrite(str(gt_dir / "c_000001_000019_gtFine_labelIds.png"), np.full((8, 16), 7, np.uint8))
+    cfg = DataConfig(format="cityscapes", path_frame=str(tmp_path), reduced_decode=True)
+    with pytest.raises(DataError, match="data.reduced_decode: format 'cityscapes'"):
+        build_dataset(cfg, num_classes=19)
+
+
+def test_batch_size_per_device_and_for_training():
+    from effvid.data import DataConfig
+
+    auto = DataConfig(format="list", path_frame="x", batch_size=None)
+    assert auto.batch_size_on("cpu") == 1 and auto.batch_size_on(torch.device("cuda", 0)) == 16
+    assert DataConfig(format="list", path_frame="x", batch_size=5).batch_size_on("cpu") == 5
+    with pytest.raises(ValueError, match="data.batch_size is null: training needs a number"):
+        _ = auto.train_batch_size
+    with pytest.raises(ValueError, match="data.batch_size must be >= 1, got 0"):
+        DataConfig(format="list", path_frame="x", batch_size=0)
+
+
+def test_prefetching_step_loader_gives_the_same_frames_and_decodes_ahead(synth, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import effvid.data.storage as storage_module
+    from effvid.data.streaming import PrefetchingStepLoader, step_loader
+
+    storage = open_storage("lmdb", synth["lmdb"].storage_path)
+    ds = VideoClassificationDataset(
+        read_generic_list(synth["lmdb"].val_list),
+        storage,
+        sampler=functools.partial(uniform_indices, n=4),
+        num_classes=4,
+    )
+    ids = [0, 1, 2]
+    plain = step_loader(ds, ids)
+    schedule = [([0, 1, 2], 0), ([0, 2], 1), ([2], 2), ([2], 3)]  # videos leave step by step
+    expected = [plain(active, step) for active, step in schedule]
+    decoded = []
+    original = storage_module.decode_image
+
+    def counting(data, *, where, min_side=None):
+        decoded.append(where)
+        return original(data, where=where, min_side=min_side)
+
+    monkeypatch.setattr(storage_module, "decode_image", counting)
+    with ThreadPoolExecutor(1) as executor:
+        ahead = step_loader(ds, ids, prefetch=executor)
+        assert isinstance(ahead, PrefetchingStepLoader) and ahead.num_steps == 4
+        ahead.prefetch([0, 1, 2], 0)
+        for (active, step), frames in zip(schedule, expected):
+            assert torch.equal(ahead(active, step), frames)
+        executor.shutdown(wait=True)
+    # every step prefetched for the videos running at the step before: 3 + 3 + 2 + 1, nothing past the last
+    assert len(decoded) == 9
+
+    # a prefetched frame that fails to decode matters only to a video that still needs it
+    monkeypatch.setattr(storage_module, "decode_image", original)
+    broken = {("2", 1)}
+
+    def failing(active, step):
+        if any((str(a), step) in broken for a in active):
+            raise DataError(f"corrupt frame {step}")
+        return plain(active, step)
+
+    with ThreadPoolExecutor(1) as executor:
+        loader = PrefetchingStepLoader(failing, executor, num_steps=4)
+        loader([0, 1, 2], 0)  # prefetches step 1 of all three: fails because of video 2
+        assert torch.equal(loader([0, 1], 1), plain([0, 1], 1))  # video 2 left: redone without it
+        loader = PrefetchingStepLoader(failing, executor, num_steps=4)
+        loader([0, 1, 2], 0)
+        with pytest.raises(DataError, match="corrupt frame 1"):
+            loader([1, 2], 1)
 
 
 def test_missing_and_empty_frame_folder(tmp_path):

@@ -43,7 +43,7 @@ def run_test(cfg: EvalConfig, run_dir: Path) -> None:
     result = evaluate_dataset(
         model,
         dataset,
-        batch_size=cfg.data.batch_size,
+        batch_size=cfg.data.batch_size_on(resolve_device(cfg.engine.device)),
         device=resolve_device(cfg.engine.device),
         policy=cfg.policy,
         threshold=cfg.exit_threshold,

@@ -200,11 +200,11 @@ def run_demo(cfg: DemoConfig, run_dir: Path) -> None:
 
     def evaluate(m: AdaFocus, **kw) -> Evaluation:
         return evaluate_dataset(
-            m, val_ds, batch_size=data.batch_size, device=device, stream=False, progress=False, **kw
+            m, val_ds, batch_size=data.train_batch_size, device=device, stream=False, progress=False, **kw
         )
 
     masks = object_masks(spec, val_ds)
-    bs = data.batch_size
+    bs = data.train_batch_size
     full_metrics, full_gmacs, full_speed = _evaluate_frame_model(model.focus, val_ds, batch_size=bs)
     glance_metrics, glance_gmacs, glance_speed = _evaluate_frame_model(
         model.glance, val_ds, batch_size=bs, prepare=model.glance_input

@@ -105,7 +105,7 @@ def _fit(
         dataset,
         engine,
         run_dir,
-        batch_size=data.batch_size,
+        batch_size=data.train_batch_size,
         num_workers=data.num_workers,
         cosine=cosine,
         worker_init_fn=worker_init_fn,
@@ -115,12 +115,12 @@ def _fit(
 def _loader(dataset: torch.utils.data.Dataset, data: DataConfig, engine: EngineConfig):
     return make_dataloader(
         dataset,
-        batch_size=data.batch_size,
+        batch_size=data.train_batch_size,
         train=True,
         seed=engine.seed,
         num_workers=data.num_workers,
         worker_init_fn=worker_init_fn,
-        drop_last=len(dataset) > data.batch_size,
+        drop_last=len(dataset) > data.train_batch_size,
     )
 
 

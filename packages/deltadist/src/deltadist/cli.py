@@ -62,7 +62,7 @@ def _train_process(local_rank: int, cfg: TrainConfig, run_dir: Path) -> None:
         costs=costs,
         cfg=cfg.engine,
         run_dir=run_dir,
-        batch_size=cfg.data.batch_size,
+        batch_size=cfg.data.train_batch_size,
         num_workers=cfg.data.num_workers,
         alpha=cfg.alpha,
         beta=cfg.beta,
@@ -99,7 +99,7 @@ def run_eval(cfg: EvalConfig, run_dir: Path) -> None:
     kwargs = dict(
         num_classes=cfg.model.num_classes,
         keyframe_interval=cfg.keyframe_interval,
-        batch_size=cfg.data.batch_size,
+        batch_size=cfg.data.batch_size_on(resolve_device(cfg.engine.device)),
         device=resolve_device(cfg.engine.device),
         ignore_index=cfg.ignore_index,
     )

@@ -121,7 +121,7 @@ def run_demo(cfg: DemoConfig, run_dir: Path) -> None:
         task_loss=task,
         cfg=cfg.teacher,
         run_dir=run_dir / "teacher",
-        batch_size=data.batch_size,
+        batch_size=data.train_batch_size,
         lr=cfg.teacher_lr,
     )
     save_model(teacher, run_dir / "teacher" / "model.pt", kind=f"{KIND}-frame", config=config_to_yaml(cfg))
@@ -132,7 +132,7 @@ def run_demo(cfg: DemoConfig, run_dir: Path) -> None:
 
     def evaluate(model, label: str) -> tuple[dict, dict, float]:
         common = dict(num_classes=classes, keyframe_interval=k, device=device)
-        p = evaluate_pairs(model, val, batch_size=data.batch_size, **common).metrics
+        p = evaluate_pairs(model, val, batch_size=data.train_batch_size, **common).metrics
         s = evaluate_streaming(model, val, batch_size=1, **common).metrics
         ms = time_per_frame(model, timed, keyframe_interval=k)
         print(
@@ -188,7 +188,7 @@ def run_demo(cfg: DemoConfig, run_dir: Path) -> None:
             costs=costs,
             cfg=cfg.delta,
             run_dir=run_dir / name,
-            batch_size=data.batch_size,
+            batch_size=data.train_batch_size,
             alpha=cfg.alpha,
             beta=beta,
             optimizer="adam",

@@ -36,9 +36,10 @@ def _evaluate(cfg: InferConfig, model, dataset, **kwargs):
     return evaluate_dataset(
         model,
         dataset,
-        batch_size=cfg.data.batch_size,
+        batch_size=cfg.data.batch_size_on(resolve_device(cfg.engine.device)),
         device=resolve_device(cfg.engine.device),
         stream=cfg.stream,
+        prefetch=cfg.prefetch,
         num_threads=cfg.data.num_workers,
         progress=cfg.engine.progress,
         fast=cfg.fast,
@@ -81,7 +82,7 @@ def _train_process(local_rank: int, cfg: TrainConfig, run_dir: Path) -> None:
         def validate() -> dict:
             device = next(model.parameters()).device
             result = evaluate_dataset(
-                model, val, batch_size=cfg.data.batch_size, device=device, progress=False
+                model, val, batch_size=cfg.data.train_batch_size, device=device, progress=False
             )
             return {k: result.metrics[k] for k in ("hit1", "map", "mean_frames", "mean_gmacs")}
 

@@ -66,6 +66,9 @@ class InferConfig(RunConfig):
         default_factory=FastInferenceConfig,
     )
     stream: bool = option(True, "decode each frame only when a video reaches its step (frames/LMDB)")
+    prefetch: bool = option(
+        True, "stream: decode the next step's frames on a thread while the frame network runs"
+    )
     max_steps: int | None = option(None, "stop every video after this many frames (fixed-frame baseline)")
     no_exit: bool = option(False, "disable exiting: every video uses its max_steps frames")
     random_weights: bool = option(

@@ -65,7 +65,7 @@ def run_demo(cfg: DemoConfig, run_dir: Path) -> None:
     def evaluate(model, **kw):
         start = time.perf_counter()
         result = evaluate_dataset(
-            model, val_ds, batch_size=data.batch_size, device=device, progress=False, **kw
+            model, val_ds, batch_size=data.train_batch_size, device=device, progress=False, **kw
         )
         return result, time.perf_counter() - start
 

@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from effvid import reports
 from effvid.data import VideoClassificationDataset
-from effvid.data.streaming import step_loader
+from effvid.data.streaming import PrefetchingStepLoader, step_loader
 from effvid.engine import autocast
 from effvid.metrics import HitAt1, VideoMAP
 from effvid.models.optimize import FastInferenceConfig, optimize_for_inference
@@ -43,6 +43,7 @@ def evaluate_dataset(
     device: torch.device,
     stream: bool = True,
     num_threads: int = 0,
+    prefetch: bool = True,
     max_steps: int | None = None,
     exits: bool = True,
     progress: bool = True,
@@ -53,6 +54,8 @@ def evaluate_dataset(
 
     ``stream``: frames are decoded when a video reaches their step (never for steps it does not
     reach), ``num_threads`` decoding in parallel; otherwise whole clips are loaded first.
+    ``prefetch`` (streaming): a thread decodes the next step's frames of the running videos (and
+    the next batch's first frames) while the frame network runs; the outputs are the same.
     ``fast``: the frame network (backbone + MLP) runs as an optimised copy (BatchNorm folded,
     channels-last, optionally int8 calibrated on the first videos, or compiled); ``amp``: under
     autocast (``bf16`` on a CPU that has it). MACs are counted on the model as defined.
@@ -82,11 +85,21 @@ def evaluate_dataset(
     mean_ap.reset()
     rows: list[dict[str, Any]] = []
     pool = ThreadPoolExecutor(num_threads) if num_threads > 0 else None
-    starts = range(0, len(dataset), batch_size)
+    ahead = ThreadPoolExecutor(1, thread_name_prefix="prefetch") if prefetch and stream else None
+    batches = [list(range(s, min(s + batch_size, len(dataset)))) for s in range(0, len(dataset), batch_size)]
+
+    def loader(ids: list[int]):
+        load = step_loader(dataset, ids, stream=stream, pool=pool, prefetch=ahead)
+        if isinstance(load, PrefetchingStepLoader):
+            load.num_steps = min(load.num_steps, steps)  # nothing past max_steps
+            load.prefetch(range(len(ids)), 0)
+        return load
+
+    upcoming = loader(batches[0]) if batches else None
     try:
-        for start in tqdm(starts, desc="videos", unit="batch", disable=not progress):
-            ids = list(range(start, min(start + batch_size, len(dataset))))
-            load_step = step_loader(dataset, ids, stream=stream, pool=pool)
+        for b, ids in enumerate(tqdm(batches, desc="videos", unit="batch", disable=not progress)):
+            load_step = upcoming
+            upcoming = loader(batches[b + 1]) if b + 1 < len(batches) else None
             result = early_exit(
                 model, load_step, len(ids), device=device, max_steps=steps, exits=exits, features=features
             )
@@ -108,8 +121,9 @@ def evaluate_dataset(
                     }
                 )
     finally:
-        if pool:
-            pool.shutdown()
+        for executor in (ahead, pool):
+            if executor is not None:
+                executor.shutdown(cancel_futures=True)
     frames = np.array([r["frames_used"] for r in rows])
     metrics = {
         "num_videos": len(rows),

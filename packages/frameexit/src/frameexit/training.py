@@ -98,7 +98,7 @@ def fit(
         dataset,
         cfg,
         run_dir,
-        batch_size=data.batch_size,
+        batch_size=data.train_batch_size,
         num_workers=data.num_workers,
         cosine=cosine,
         trainable=trainable,

@@ -63,7 +63,9 @@ def run_test(cfg: TestConfig, run_dir: Path) -> None:
         print("warning: running on RANDOM weights (--random_weights true); every output records it")
     dataset = build_dataset(cfg.data, num_classes=cfg.model.num_class)
     device = resolve_device(cfg.engine.device)
-    batches = video_batches(dataset, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers)
+    batches = video_batches(
+        dataset, batch_size=cfg.data.batch_size_on(device), num_workers=cfg.data.num_workers
+    )
     int8, int8_info = ({}, None) if not cfg.int8 else _int8_branches(cfg, model, batches, device)
     if cfg.sample:
         torch.manual_seed(cfg.seed)

@@ -184,7 +184,7 @@ def run_demo(cfg: DemoConfig, run_dir: Path) -> None:
 
     # evaluation on the held-out videos, decoded once
     device = resolve_device(cfg.fp.device)
-    batches = cached_batches(val_ds, batch_size=data.batch_size)
+    batches = cached_batches(val_ds, batch_size=data.train_batch_size)
     t = data.num_frames
     probe = build_videoiq(cfg.model)
     constants = formula_constants(probe, tuple(batches[0]["video"].shape[2:]), t)

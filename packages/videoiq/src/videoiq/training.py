@@ -259,12 +259,12 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> Stage | None:
     optimizer = make_optimizer(stage.groups, cfg.optim)
     loader = make_dataloader(
         dataset,
-        batch_size=cfg.data.batch_size,
+        batch_size=cfg.data.train_batch_size,
         train=True,
         seed=cfg.engine.seed,
         num_workers=cfg.data.num_workers,
         worker_init_fn=worker_init_fn,
-        drop_last=len(dataset) > cfg.data.batch_size,
+        drop_last=len(dataset) > cfg.data.train_batch_size,
     )
     epochs = cfg.engine.epochs
     sched = (

@@ -6,7 +6,7 @@ a package can extend), and the synthetic benchmark."""
 from effvid.data.build import build_dataset, build_frame_sampler, open_configured_storage
 from effvid.data.config import DataConfig
 from effvid.data.datasets import SegmentationClipDataset, VideoClassificationDataset, check_records
-from effvid.data.decode import decode_image, encode_jpeg, encode_png, worker_init_fn
+from effvid.data.decode import decode_image, encode_jpeg, encode_png, jpeg_size, worker_init_fn
 from effvid.data.errors import DataError
 from effvid.data.formats import (
     SegmentationRecord,
@@ -66,6 +66,7 @@ __all__ = [
     "check_records",
     "close_lmdb_envs",
     "decode_image",
+    "jpeg_size",
     "dense_clip_indices",
     "encode_jpeg",
     "encode_png",

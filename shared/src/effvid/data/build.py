@@ -43,7 +43,10 @@ def open_configured_storage(cfg: DataConfig) -> VideoStorage:
     """The storage ``cfg.storage`` names, with the options its class declares read from ``cfg``."""
     kind = STORAGES.get(cfg.storage)
     options = {arg: getattr(cfg, key) for arg, key in getattr(kind, "config_options", {}).items()}
-    return kind(cfg.path_frame, **options)
+    storage = kind(cfg.path_frame, **options)
+    if cfg.reduced_decode:
+        storage.decode_min_side = cfg.transform.resize
+    return storage
 
 
 # ----------------------------------------------------------------------------- formats
@@ -161,6 +164,11 @@ def build_dataset(
     storage = listing.storage if listing.storage is not None else open_configured_storage(cfg)
     transform = build_transform(cfg.transform, train=train)
     if listing.task == "segmentation":
+        if cfg.reduced_decode:
+            raise DataError(
+                f"data.reduced_decode: format '{cfg.format}' pairs frames with full-size label maps; "
+                "reduced-size decoding applies to classification formats only"
+            )
         return SegmentationClipDataset(
             listing.records,
             storage,

@@ -46,6 +46,8 @@ def natural_key(name: str) -> list[object]:
 class VideoStorage(abc.ABC):
     #: constructor keyword -> the ``data.*`` config key that sets it (see ``open_configured_storage``)
     config_options: ClassVar[dict[str, str]] = {}
+    #: set to the transform's short side to decode large JPEGs at reduced size (``decode_image``)
+    decode_min_side: int | None = None
 
     """Read-only access to the frames of many videos, addressed by video key."""
 
@@ -70,7 +72,9 @@ class VideoStorage(abc.ABC):
         cache: dict[int, np.ndarray] = {}
         for i in indices:
             if i not in cache:
-                cache[i] = decode_image(self.read_bytes(key, i), where=self._where(key, i))
+                cache[i] = decode_image(
+                    self.read_bytes(key, i), where=self._where(key, i), min_side=self.decode_min_side
+                )
         return [cache[i] for i in indices]
 
     def __contains__(self, key: str) -> bool:
@@ -275,7 +279,10 @@ class LmdbStorage(VideoStorage):
     def read_frames(self, key: str, indices: Sequence[int]) -> list[np.ndarray]:
         unique = sorted(set(indices))
         encoded = self.read_bytes_many(key, unique)
-        decoded = {i: decode_image(data, where=self._where(key, i)) for i, data in zip(unique, encoded)}
+        decoded = {
+            i: decode_image(data, where=self._where(key, i), min_side=self.decode_min_side)
+            for i, data in zip(unique, encoded)
+        }
         return [decoded[i] for i in indices]
 
 
