@@ -72,6 +72,8 @@ class Detector:
 
     def macs_per_frame(self, clip_length: int) -> float:
         """MACs per frame: a plain network's, or a converted one's amortised over ``clip_length``."""
+        for layer in delta_layers(self.net).values():  # a training step's tensors (part of its graph)
+            layer.student_delta = layer.gate_value = layer.teacher_delta = None
         if not self.is_delta:
             twin = copy.deepcopy(self.net).to("meta").eval()
             dense = count_macs(self._dense(twin), torch.empty(1, 3, self.size, self.size, device="meta"))
