@@ -260,3 +260,40 @@ def test_error_lines(runs, vid, tmp_path, capsys):
     assert code == 1 and "none.json: annotation file not found" in err
     code, err = _error(TRAIN, ["--task", "tracking"], capsys)
     assert code == 2 and "task must be one of segmentation, detection; got 'tracking'" in err
+
+
+def test_resume_continues_with_more_epochs(runs, vid, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "d"
+    shutil.copytree(runs["delta"], run)
+    args = [a if a != str(runs["delta"]) else str(run) for a in runs["delta_args"]]
+    args[args.index("--engine.epochs") + 1] = "2"
+    before = read_model_file(run / "model.pt", kind=KIND).state_dict
+    capsys.readouterr()
+    TRAIN.main(args)
+    assert "trained the delta efficientdet_tiny" in capsys.readouterr().out
+    after = read_model_file(run / "model.pt", kind=KIND).state_dict
+    assert not torch.equal(
+        before["class_net.predict.conv_pw.gate.logit"], after["class_net.predict.conv_pw.gate.logit"]
+    )
+    # a changed learning setting is refused, naming it
+    code, err = _error(TRAIN, [*args, "--alpha", "5"], capsys)
+    assert code == 2 and "(alpha changed)" in err
+
+
+def test_print_config_and_the_task_in_a_yaml(tmp_path, capsys):
+    capsys.readouterr()
+    TRAIN.main(["--task", "detection", "--print_config"])
+    printed = capsys.readouterr().out
+    assert (
+        "task: detection" in printed and "detector: efficientdet_d0" in printed and "alpha: 100.0" in printed
+    )
+    cfg = tmp_path / "det.yml"
+    cfg.write_text("task: detection\nmodel:\n  detector: faster_rcnn_r101_dc5\ndata:\n  path_label: v.json\n")
+    EVAL.main([str(cfg), "--data.path_frame", "Data/VID", "--checkpoint", "m.pt", "--print_config"])
+    printed = capsys.readouterr().out
+    assert "detector: faster_rcnn_r101_dc5" in printed and "clip_length: 10" in printed
+    (tmp_path / "seg.yml").write_text("task: segmentation\n")
+    code, err = _error(TRAIN, [str(tmp_path / "seg.yml")], capsys)
+    assert code == 2 and "seg.yml: 'task: segmentation' is the default; remove the key" in err
