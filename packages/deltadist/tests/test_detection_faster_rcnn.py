@@ -21,13 +21,21 @@ class _NarrowBottleneck(Bottleneck):
     expansion = 1  # stage outputs 64..512 instead of 256..2048: a CPU-sized trunk of the same shape
 
 
-def _tiny(num_classes: int = 3):
+def _tiny_trunk():
     trunk = ResNet(
         _NarrowBottleneck, [1, 1, 1, 1], width_per_group=8, replace_stride_with_dilation=[False, False, True]
     )
     trunk.layer4[0].conv2.dilation, trunk.layer4[0].conv2.padding = (2, 2), (2, 2)
+    return trunk
+
+
+#: the options of faster_rcnn_r101_dc5 that make the tests' small model (with _tiny_trunk())
+TINY_OPTIONS = {"mapper_channels": 32, "representation": 64}
+
+
+def _tiny(num_classes: int = 3):
     return faster_rcnn_r101_dc5(
-        num_classes=num_classes, min_size=64, max_size=96, trunk=trunk, mapper_channels=32, representation=64
+        num_classes=num_classes, min_size=64, max_size=96, trunk=_tiny_trunk(), **TINY_OPTIONS
     )
 
 

@@ -1,4 +1,9 @@
-"""Console scripts: deltadist-train, -eval, -convert, -demo (Fire, effvid config)."""
+"""Console scripts: deltadist-train, -eval, -convert, -demo (Fire, effvid config).
+
+``--task detection`` (on the command line or ``task: detection`` in a YAML) switches train, eval
+and convert to the detection options (:mod:`deltadist.detection.commands`); without it they are
+the segmentation commands.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +13,24 @@ from pathlib import Path
 
 import ignite.distributed as idist
 import torch
+import yaml
 
 from deltadist.build import build_model, load_checkpoint
 from deltadist.config import ConvertConfig, DemoConfig, EvalConfig, TrainConfig
 from deltadist.conversion import KIND, load_original_checkpoint
 from deltadist.data import KeyframePairs
+from deltadist.detection.commands import (
+    DetectionConvertConfig,
+    DetectionEvalConfig,
+    DetectionTrainConfig,
+    run_detection_convert,
+    run_detection_eval,
+    run_detection_train,
+)
 from deltadist.evaluation import evaluate_pairs, evaluate_streaming
 from deltadist.training import make_task_loss, measure_layer_costs, read_cost_table, train_delta
 from effvid.cli import build_command, run_cli
-from effvid.config import config_to_yaml
+from effvid.config import ConfigError, check_choice, config_to_yaml
 from effvid.data import build_dataset
 from effvid.engine import autocast, resolve_device, run_distributed, seed_everything
 from effvid.model_files import save_model
@@ -128,25 +142,57 @@ def run_demo(cfg: DemoConfig, run_dir: Path) -> None:
     demo(cfg, run_dir)
 
 
-TRAIN = build_command(
+_DETECTION_HELP = (
+    " With --task detection: the video object detection command (its options: {} --task detection --help)."
+)
+
+_TRAIN = build_command(
     run_train,
     TrainConfig,
     name="deltadist-train",
-    doc="Train a delta-distilled segmentation model (task + distillation + gate cost) from its teacher.",
+    doc="Train a delta-distilled segmentation model (task + distillation + gate cost) from its teacher."
+    + _DETECTION_HELP.format("deltadist-train"),
     resumable=True,
 )
-EVAL = build_command(
+_TRAIN_DETECTION = build_command(
+    run_detection_train,
+    DetectionTrainConfig,
+    name="deltadist-train",
+    doc="Video object detection (--task detection): train the frame-based detector (--model.delta false), "
+    "or convert the teacher (--checkpoint.init) by the detection rule and train the delta detector with "
+    "detector loss + distillation + gate cost, on a COCO-format VID JSON (+ DET stills) and its frames.",
+    resumable=True,
+)
+_EVAL = build_command(
     run_eval,
     EvalConfig,
     name="deltadist-eval",
-    doc="Evaluate a delta model: the original's pair protocol (amortised mIoU, MACs) and true streaming.",
+    doc="Evaluate a delta model: the original's pair protocol (amortised mIoU, MACs) and true streaming."
+    + _DETECTION_HELP.format("deltadist-eval"),
+)
+_EVAL_DETECTION = build_command(
+    run_detection_eval,
+    DetectionEvalConfig,
+    name="deltadist-eval",
+    doc="Video object detection (--task detection): AP50 and MACs per frame of a detector on clips of "
+    "clip_length frames (a keyframe every clip_length frames); writes metrics_detection.json.",
+)
+_CONVERT_DETECTION = build_command(
+    run_detection_convert,
+    DetectionConvertConfig,
+    name="deltadist-convert",
+    doc="Convert an authors' detection checkpoint (strict) into an effvid model.pt: deltadist-convert "
+    "in.pth out.pt --task detection --model.detector efficientdet_d0|faster_rcnn_r101_dc5 "
+    "[--model.delta false for a frame-based one].",
+    run_dir=False,
 )
 _CONVERT = build_command(
     run_convert,
     ConvertConfig,
     name="deltadist-convert",
     doc="Convert an authors' delta-distilled checkpoint (strict) into an effvid model.pt: "
-    "deltadist-convert in.pth out.pt [config.yml] [--model.arch ...].",
+    "deltadist-convert in.pth out.pt [config.yml] [--model.arch ...]."
+    + _DETECTION_HELP.format("deltadist-convert"),
     run_dir=False,
 )
 DEMO = build_command(
@@ -157,9 +203,45 @@ DEMO = build_command(
 )
 
 
+def _task(configs, overrides: dict) -> str:
+    """The task: ``--task``, else the last YAML's ``task``, else segmentation. ``--task`` is taken out
+    of the overrides (the segmentation schemas have no ``task`` key; the detection ones default to it)."""
+    task = overrides.get("task")
+    source = "--task"
+    if task is None:
+        for path in configs:
+            try:
+                data = yaml.safe_load(Path(str(path)).read_text(encoding="utf-8"))
+            except (OSError, yaml.YAMLError):
+                continue  # the command reports the file
+            if isinstance(data, dict) and "task" in data:
+                task, source = data["task"], str(path)
+    task = "segmentation" if task is None else str(task)
+    try:
+        check_choice("task", task, ("segmentation", "detection"))
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    if task == "segmentation" and source != "--task":
+        raise ConfigError(
+            f"{source}: 'task: segmentation' is the default; remove the key (the segmentation options have no task key)"
+        )
+    overrides.pop("task", None)  # the detection schemas' task is detection by default
+    return task
+
+
+def TRAIN(*args: str, **overrides) -> None:
+    """``deltadist-train [config.yml ...] [--task detection] [--key value ...]``."""
+    (_TRAIN_DETECTION if _task(args, overrides) == "detection" else _TRAIN)(*args, **overrides)
+
+
+def EVAL(*args: str, **overrides) -> None:
+    """``deltadist-eval [config.yml ...] [--task detection] [--key value ...]``."""
+    (_EVAL_DETECTION if _task(args, overrides) == "detection" else _EVAL)(*args, **overrides)
+
+
 def CONVERT(*args: str, **overrides) -> None:
-    """``deltadist-convert in.pth out.pt [config.yml ...] [--key value ...]``: positional
-    non-YAML arguments are the source and destination (``--src`` / ``--dst`` also work)."""
+    """``deltadist-convert in.pth out.pt [config.yml ...] [--task detection] [--key value ...]``:
+    positional non-YAML arguments are the source and destination (``--src`` / ``--dst`` also work)."""
     configs = [a for a in args if str(a).endswith((".yml", ".yaml"))]
     files = [a for a in args if not str(a).endswith((".yml", ".yaml"))]
     if len(files) > 2:
@@ -168,11 +250,12 @@ def CONVERT(*args: str, **overrides) -> None:
         )
     for key, value in zip(("src", "dst"), files):
         overrides[key] = value
-    _CONVERT(*configs, **overrides)
+    (_CONVERT_DETECTION if _task(configs, overrides) == "detection" else _CONVERT)(*configs, **overrides)
 
 
-CONVERT.main = (
-    lambda argv=None: run_cli(  # type: ignore[attr-defined]
-        CONVERT, name="deltadist-convert", argv=list(sys.argv[1:] if argv is None else argv)
+for _command, _name in ((TRAIN, "deltadist-train"), (EVAL, "deltadist-eval"), (CONVERT, "deltadist-convert")):
+    _command.main = (  # type: ignore[attr-defined]
+        lambda argv=None, command=_command, name=_name: run_cli(
+            command, name=name, argv=list(sys.argv[1:] if argv is None else argv)
+        )
     )
-)

@@ -9,7 +9,10 @@ frames of a video are ordered by ``frame_id``, else by natural order of the file
 (image ids >= ``still_id_from``, 10,000,000 in the original's merged JSON, or every image of a JSON
 without videos when asked) are one-frame "videos". A video's frame ``i`` is read as index ``i`` of
 the storage key ``<video folder>``, so the JSON must list every frame of the folder (it does for
-ImageNet VID; a mismatch is an error naming the folder).
+ImageNet VID; a mismatch is an error naming the folder). A still with a ``frame_id`` (what
+:mod:`deltadist.detection.det_json` writes: DET folders hold images without any VID class, which
+are left out) is read at that storage index instead, and its folder may hold unlisted images;
+from a frame folder, the file at that index must have the still's file name.
 
 Categories are numbered 1..K in ``categories`` order (0 is no class); boxes become ``xyxy`` pixels.
 Frames are letterboxed into ``size x size`` (the original's ResizePad: scale the long side to
@@ -59,6 +62,7 @@ class VidVideo:
     labels: list[np.ndarray]  # (M,) int64 1..K per frame
     still: bool = False
     still_index: int = 0  # a still's frame index in its folder (the storage's natural order)
+    still_name: str = ""  # a still read at its JSON frame_id: its file name (checked against frame folders)
 
 
 @dataclass
@@ -67,6 +71,7 @@ class VidAnnotations:
     categories: list[dict[str, Any]]
     source: str = ""
     folder_counts: dict[str, int] = field(default_factory=dict)
+    indexed_folders: set[str] = field(default_factory=set)  # folders of stills read at their frame_id
 
     @property
     def num_classes(self) -> int:
@@ -109,7 +114,7 @@ def read_vid_json(path: str | Path, *, still_id_from: int | None = ORIGINAL_STIL
         targets[image_id][0].append([x, y, x + w, y + h])
         targets[image_id][1].append(label_of[category])
     groups: dict[Any, list[tuple[Any, int, str]]] = {}
-    stills: list[tuple[int, str]] = []
+    stills: list[tuple[int, str, Any]] = []
     counts: dict[str, int] = {}
     for i, image in enumerate(images):
         image_id = int(image["id"])
@@ -117,7 +122,7 @@ def read_vid_json(path: str | Path, *, still_id_from: int | None = ORIGINAL_STIL
         folder = str(PurePosixPath(name).parent)
         counts[folder] = counts.get(folder, 0) + 1
         if still_id_from is not None and image_id >= still_id_from:
-            stills.append((image_id, name))
+            stills.append((image_id, name, image.get("frame_id")))
             continue
         group = image.get("video_id", folder)
         order = image["frame_id"] if "frame_id" in image else natural_key(PurePosixPath(name).name)
@@ -140,11 +145,17 @@ def read_vid_json(path: str | Path, *, still_id_from: int | None = ORIGINAL_STIL
             for folder, names in by_folder.items()
             for i, n in enumerate(sorted(names, key=natural_key))
         }
-    for image_id, name in stills:
-        video = _video(str(PurePosixPath(name).parent), [image_id], targets, still=True)
-        video.still_index = position[str(PurePosixPath(name))]
+    indexed: set[str] = set()
+    for image_id, name, frame_id in stills:
+        folder = str(PurePosixPath(name).parent)
+        video = _video(folder, [image_id], targets, still=True)
+        if frame_id is None:
+            video.still_index = position[str(PurePosixPath(name))]
+        else:
+            video.still_index, video.still_name = int(frame_id), PurePosixPath(name).name
+            indexed.add(folder)
         videos.append(video)
-    return VidAnnotations(videos, list(categories), str(path), counts)
+    return VidAnnotations(videos, list(categories), str(path), counts, indexed)
 
 
 def _video(key: str, ids: list[int], targets, *, still: bool = False) -> VidVideo:
@@ -173,11 +184,20 @@ class _VidFrames:
 
     def _index(self, video: VidVideo, position: int) -> int:
         if video.still:
+            if video.still_name and hasattr(self.storage, "frame_paths"):
+                paths = self.storage.frame_paths(video.key)
+                found = paths[video.still_index].name if video.still_index < len(paths) else None
+                if found != video.still_name:
+                    raise DataError(
+                        f"{self.annotations.source}: image '{video.key}/{video.still_name}' has frame_id "
+                        f"{video.still_index}, but frame {video.still_index} of that folder is "
+                        f"{found or 'missing'} (the folder changed since the JSON was built?)"
+                    )
             return video.still_index
         return position
 
     def _check(self, key: str) -> None:
-        if key in self._checked:
+        if key in self._checked or key in self.annotations.indexed_folders:
             return
         listed, stored = self.annotations.folder_counts.get(key, 0), self.storage.num_frames(key)
         if listed != stored:

@@ -216,6 +216,7 @@ def train_frame_detector(
     lr: float = 1e-3,
     step_epochs: Sequence[int] = (),
     num_workers: int = 0,
+    gamma: float = 0.1,
 ) -> bool:
     """Adam on a frame-based detector, every frame of the pairs (the demo's teacher)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
@@ -228,5 +229,5 @@ def train_frame_detector(
         cfg=cfg,
         run_dir=run_dir,
         step_epochs=step_epochs,
-        gamma=0.1,
+        gamma=gamma,
     )

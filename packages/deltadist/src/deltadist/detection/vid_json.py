@@ -24,7 +24,7 @@ from effvid.data import DataError
 from effvid.data.storage import natural_key
 from effvid.io import atomic_write_text
 
-__all__ = ["VID_CLASSES", "build_vid_json", "main"]
+__all__ = ["VID_CLASSES", "build_vid_json", "main", "read_bndbox"]
 
 # the 30 ImageNet VID classes: synset -> name, in the devkit's order (category ids 1..30)
 VID_CLASSES = {
@@ -68,6 +68,19 @@ def _number(node: ET.Element, tag: str, where: Path) -> float:
     return float(found.text)
 
 
+def read_bndbox(obj: ET.Element, where: Path) -> tuple[float, float, float, float]:
+    """``xmin, ymin, xmax, ymax`` of an XML ``<object>`` (an error naming the file if absent)."""
+    box = obj.find("bndbox")
+    if box is None:
+        raise DataError(f"{where}: object without <bndbox>")
+    return (
+        _number(box, "xmin", where),
+        _number(box, "ymin", where),
+        _number(box, "xmax", where),
+        _number(box, "ymax", where),
+    )
+
+
 def build_vid_json(root: str | Path, split: str, out: str | Path, *, every: int = 1) -> dict[str, int]:
     """Write the JSON for ``split`` (``train`` / ``val``) of the ILSVRC2015 folder ``root``;
     returns counts of videos, images and boxes."""
@@ -102,11 +115,7 @@ def build_vid_json(root: str | Path, split: str, out: str | Path, *, every: int 
                 name = obj.findtext("name")
                 if name not in category:
                     raise DataError(f"{xml}: object class '{name}' is not one of the 30 VID synsets")
-                box = obj.find("bndbox")
-                if box is None:
-                    raise DataError(f"{xml}: object without <bndbox>")
-                x0, y0 = _number(box, "xmin", xml), _number(box, "ymin", xml)
-                x1, y1 = _number(box, "xmax", xml), _number(box, "ymax", xml)
+                x0, y0, x1, y1 = read_bndbox(obj, xml)
                 boxes.append(
                     {
                         "id": len(boxes) + 1,
