@@ -39,12 +39,14 @@ from adafocus.build import KIND, KINDS, build_model
 from adafocus.config import DemoConfig
 from adafocus.cost import UNITS, measure_unit_costs, video_macs
 from adafocus.crop import crop_patches
+from adafocus.inference import inference_copy
 from adafocus.model import AdaFocus
 from effvid.checkpoint import load_checked
 from effvid.config import load_config
 from effvid.data import build_dataset
 from effvid.flops import count_macs
 from effvid.model_files import read_model_file
+from effvid.models.optimize import FastInferenceConfig, optimize_for_inference
 
 STRATEGIES = ("batched", "frame_by_frame", "full")
 
@@ -58,10 +60,20 @@ def compare(
     batch: int,
     repeats: int,
     only: str | None = None,
+    fast: bool = False,
 ) -> None:
     model.eval()
     full_frame.eval()
+    plain = model
     n, t = clips.shape[:2]
+    gmacs = float(video_macs(t, measure_unit_costs(model, tuple(clips.shape[-2:])))["total"]) / 1e9
+    meta = copy.deepcopy(full_frame).to("meta")
+    full_gmacs = count_macs(meta, torch.empty(1, *clips.shape[2:], device="meta")) * t / 1e9
+    if fast:  # both sides as effvid's inference copies: BatchNorm folded, channels-last
+        cpu = torch.device("cpu")
+        model = inference_copy(model, FastInferenceConfig(), device=cpu)
+        full_frame = optimize_for_inference(full_frame, FastInferenceConfig(), device=cpu)
+        title += "; --fast: BatchNorm folded + channels-last on both sides"
     chunks = [clips[i : i + batch] for i in range(0, n, batch)]
 
     def batched():
@@ -83,9 +95,6 @@ def compare(
         return
     batched()  # warm-up: allocator, oneDNN primitives
     tb, t1, tf = (timed(fn, repeats)[0] for fn in (batched, frame_by_frame, full))
-    gmacs = float(video_macs(t, measure_unit_costs(model, tuple(clips.shape[-2:])))["total"]) / 1e9
-    meta = copy.deepcopy(full_frame).to("meta")
-    full_gmacs = count_macs(meta, torch.empty(1, *clips.shape[2:], device="meta")) * t / 1e9
     print(f"\n{title}")
     print(f"machine: {machine()}")
     print(f"{'strategy':<34} {'videos/s':>9} {'GMACs/video':>12}")
@@ -98,11 +107,11 @@ def compare(
         f"speed-up over the full-frame model {speedup:.2f}x / MAC reduction {reduction:.2f}x = "
         f"efficiency {speedup / reduction:.2f}"
     )
-    breakdown(model, clips, batch, repeats)
+    breakdown(model, clips, batch, repeats, costs=measure_unit_costs(plain, tuple(clips.shape[-2:])))
 
 
 @torch.no_grad()
-def breakdown(model: AdaFocus, clips: torch.Tensor, batch: int, repeats: int) -> None:
+def breakdown(model: AdaFocus, clips: torch.Tensor, batch: int, repeats: int, costs) -> None:
     """Where the batched forward's time goes: each part of ``AdaFocus.forward`` run alone over the
     same chunks, its share of the time next to its share of the MACs (the crop and the glance's
     resize are indexing and interpolation: time, no MACs)."""
@@ -124,7 +133,7 @@ def breakdown(model: AdaFocus, clips: torch.Tensor, batch: int, repeats: int) ->
                 if part == "resize":
                     model.glance_input(frames)
                 elif part == "glance":
-                    model.glance.forward_feature_maps(model.glance_input(frames))
+                    model.glance_frames(frames)
                 elif part == "policy":
                     model.choose(maps, sample=False)
                 elif part == "crop":
@@ -136,7 +145,6 @@ def breakdown(model: AdaFocus, clips: torch.Tensor, batch: int, repeats: int) ->
 
         return go
 
-    costs = measure_unit_costs(model, hw)
     seconds = {
         part: timed(run(part), repeats)[0]
         for part in ("resize", "glance", "policy", "crop", "focus", "classifier")
@@ -150,7 +158,7 @@ def breakdown(model: AdaFocus, clips: torch.Tensor, batch: int, repeats: int) ->
         print(f"{part:<28} {sec / total_s:>7.1%} {share:>7.1%}")
 
 
-def bench_paper(videos: int, batch: int, repeats: int, only: str | None = None) -> None:
+def bench_paper(videos: int, batch: int, repeats: int, only: str | None = None, fast: bool = False) -> None:
     torch.manual_seed(0)
     model = AdaFocus(num_classes=200, patch_size=128)
     full_frame = copy.deepcopy(model.focus)  # ResNet-50 with its 200-way head, on whole frames
@@ -164,10 +172,11 @@ def bench_paper(videos: int, batch: int, repeats: int, only: str | None = None) 
         batch,
         repeats,
         only,
+        fast,
     )
 
 
-def bench_run(run: Path, batch: int, repeats: int, only: str | None = None) -> None:
+def bench_run(run: Path, batch: int, repeats: int, only: str | None = None, fast: bool = False) -> None:
     cfg = load_config(DemoConfig, [str(run / "config.yaml")])
     root = Path(cfg.root)
     storage = root / {"frames": "frames", "lmdb": "frames.lmdb", "video": "videos"}[cfg.data.storage]
@@ -195,6 +204,7 @@ def bench_run(run: Path, batch: int, repeats: int, only: str | None = None) -> N
         batch,
         repeats,
         only,
+        fast,
     )
 
 
@@ -208,13 +218,18 @@ def main() -> None:
     parser.add_argument(
         "--only", choices=STRATEGIES, help="run only this strategy (no warm-up, no comparison)"
     )
+    parser.add_argument(
+        "--fast",
+        action="store_true",
+        help="both models as inference copies (BatchNorm folded, channels-last)",
+    )
     args = parser.parse_args()
     if not args.paper and not args.run:
         parser.error("give --paper and/or --run DIR")
     if args.run:
-        bench_run(args.run, args.batch, args.repeats, args.only)
+        bench_run(args.run, args.batch, args.repeats, args.only, args.fast)
     if args.paper:
-        bench_paper(args.videos, args.batch, args.repeats, args.only)
+        bench_paper(args.videos, args.batch, args.repeats, args.only, args.fast)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ from original_reference import center_actor, randomise
 from test_model import tiny
 
 from adafocus.cost import measure_unit_costs, video_macs
-from adafocus.inference import early_exit
+from adafocus.inference import early_exit, inference_copy
 from effvid.flops import crosscheck
+from effvid.models.optimize import FastInferenceConfig
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +150,34 @@ def test_skipping_with_exit_and_without_similar_frames(setup):
     assert set(both.steps_used.tolist()) - {1} and 1 in both.steps_used.tolist()
     with pytest.raises(ValueError, match="cosine similarity"):
         early_exit(model, clips, skip_similarity=1.5)
+
+
+@pytest.mark.parametrize(
+    "fast",
+    [FastInferenceConfig(), FastInferenceConfig(fold_bn=False), FastInferenceConfig(channels_last=False)],
+)
+def test_inference_copy_keeps_the_outputs(setup, fast):
+    """BatchNorm folded / channels-last glance and focus networks: same positions, logits to rounding,
+    on the batched forward and the step-by-step path with skipping and exits; the model untouched."""
+    model, clips, full = setup
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    quick = inference_copy(model, fast, device=torch.device("cpu"))
+    if fast.fold_bn:
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in quick.glance_net.modules())
+    with torch.no_grad():
+        out = quick(clips)
+    assert torch.equal(out.actions, full.actions)
+    torch.testing.assert_close(out.video_logits, full.video_logits, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out.glance_maps, full.glance_maps, rtol=1e-4, atol=1e-5)
+    repeated = _with_repeats(clips)
+    a = early_exit(model, repeated, threshold=0.6, skip_similarity=0.999)
+    b = early_exit(quick, repeated, threshold=0.6, skip_similarity=0.999)
+    assert torch.equal(a.exit_step, b.exit_step) and torch.equal(a.actions, b.actions)
+    assert torch.equal(a.focused_steps, b.focused_steps)
+    torch.testing.assert_close(a.logits, b.logits, rtol=1e-4, atol=1e-5)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_inference_copy_refuses_int8(setup):
+    with pytest.raises(ValueError, match=r"adafocus: --fast.int8 is not supported"):
+        inference_copy(setup[0], FastInferenceConfig(int8=True), device=torch.device("cpu"))

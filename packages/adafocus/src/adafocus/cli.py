@@ -8,6 +8,7 @@ from adafocus.build import KIND, KINDS, build_model, load_checkpoint
 from adafocus.config import ConvertConfig, DemoConfig, EvalConfig, ShowConfig, TrainConfig
 from adafocus.conversion import load_original_checkpoint
 from adafocus.evaluation import evaluate_dataset
+from adafocus.inference import inference_copy
 from adafocus.model import AdaFocus
 from adafocus.training import run_training
 from adafocus.visualize import show_video
@@ -53,6 +54,7 @@ def run_test(cfg: EvalConfig, run_dir: Path) -> None:
         seed=cfg.seed,
         amp=cfg.engine.amp,
         progress=cfg.engine.progress,
+        fast=cfg.fast,
     )
     result.metrics["weights"] = (
         "RANDOM (--random_weights true)"
@@ -71,12 +73,13 @@ def run_show(cfg: ShowConfig, run_dir: Path) -> None:
     if key not in keys:
         raise DataError(f"video '{key}' is not in {cfg.data.path_label}; it lists e.g. {keys[:3]}")
     path = run_dir / f"patches_{Path(key).name}.png"
+    device = resolve_device(cfg.engine.device)
     shown = show_video(
-        model,
+        inference_copy(model, cfg.fast, device=device),
         dataset,
         keys.index(key),
         path,
-        device=resolve_device(cfg.engine.device),
+        device=device,
         policy=cfg.policy,
         threshold=cfg.exit_threshold,
         skip_similarity=cfg.skip_similarity,

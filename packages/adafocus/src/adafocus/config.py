@@ -16,6 +16,7 @@ from adafocus.crop import grid_positions, top_left_from_positions
 from effvid.config import MISSING, RunConfig, check_choice, option
 from effvid.data import DataConfig, TransformConfig
 from effvid.engine import EngineConfig, RuntimeConfig
+from effvid.models.optimize import FastInferenceConfig
 
 __all__ = [
     "STAGES",
@@ -253,6 +254,10 @@ class EvalConfig(RunConfig):
         "with the last focused frame's is only glanced",
     )
     stream: bool = option(True, "decode each frame only when a video reaches its step")
+    fast: FastInferenceConfig = option(
+        doc="speed-ups of the glance and focus networks (fold_bn, channels_last, compile; benchmarks/adafocus.md)",
+        default_factory=FastInferenceConfig,
+    )
     seed: int = option(0, "seed of sampled or random patch positions")
     random_weights: bool = option(
         False, "run without --checkpoint.init on random weights (smoke tests); the outputs record it"

@@ -11,13 +11,14 @@ import torch
 from tqdm import tqdm
 
 from adafocus.cost import measure_unit_costs, video_macs
-from adafocus.inference import early_exit
+from adafocus.inference import early_exit, inference_copy
 from adafocus.model import AdaFocus
 from effvid import reports
 from effvid.data import VideoClassificationDataset
 from effvid.data.streaming import step_loader
 from effvid.engine import autocast
 from effvid.metrics import HitAt1, VideoMAP
+from effvid.models.optimize import FastInferenceConfig
 
 __all__ = ["Evaluation", "evaluate_dataset"]
 
@@ -75,6 +76,7 @@ def evaluate_dataset(
     seed: int = 0,
     amp: str = "none",
     progress: bool = True,
+    fast: FastInferenceConfig | None = None,
 ) -> Evaluation:
     """Step-by-step inference over ``dataset`` in batches of ``batch_size`` videos.
 
@@ -84,11 +86,14 @@ def evaluate_dataset(
     (AdaFocus+, see :func:`~adafocus.inference.early_exit`; None: no skipping).
     ``stream``: a frame is decoded when a video reaches its step, never for steps it does not
     reach (``num_threads`` decoding in parallel). ``videos_per_s`` is the measured throughput,
-    decoding included.
+    decoding included. ``fast``: the glance and focus networks run as optimised copies
+    (:func:`~adafocus.inference.inference_copy`; same outputs up to rounding); MACs are counted
+    on the model as defined.
     """
     model = model.to(device).eval()
     frame_hw = tuple(dataset.load_frames(0, [0]).shape[-2:])
     costs = measure_unit_costs(model, frame_hw)
+    runner = model if fast is None else inference_copy(model, fast, device=device)
     num_steps = len(dataset.frame_indices(0))
     generator = torch.Generator().manual_seed(seed)
     hit1, mean_ap = HitAt1(), VideoMAP()
@@ -105,7 +110,7 @@ def evaluate_dataset(
             load_step = step_loader(dataset, ids, stream=stream, pool=pool)
             with autocast(device, amp):
                 result = early_exit(
-                    model,
+                    runner,
                     load_step,
                     len(ids),
                     num_steps=num_steps,

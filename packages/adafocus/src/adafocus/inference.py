@@ -22,15 +22,18 @@ for every step reached, the other units for the focused steps only.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
-from adafocus.crop import random_top_left
+from adafocus.crop import crop_patches, random_top_left
 from adafocus.model import AdaFocus
 from effvid.data.streaming import StepLoader
+from effvid.models.optimize import FastInferenceConfig, optimize_for_inference
 
-__all__ = ["POLICIES", "ExitResult", "early_exit"]
+__all__ = ["POLICIES", "ExitResult", "early_exit", "inference_copy"]
 
 #: how positions are chosen: the policy's argmax (the original's evaluation), a sample from it,
 #: or uniformly random corners (stage 1's patches; the policy does not run)
@@ -195,3 +198,48 @@ def _focus_step(
     logits, classifier_h[idx] = model.classifier.step(torch.cat([pooled, local], 1), classifier_h[idx])
     top_left[videos, step] = corners.cpu()
     return logits
+
+
+class _Method(nn.Module):
+    """``module.<name>(x)`` as a module's forward, so that torch.fx traces it (a backbone's
+    ``forward_feature_maps`` / ``forward_features``, which are not its ``forward``)."""
+
+    def __init__(self, module: nn.Module, name: str) -> None:
+        super().__init__()
+        self.module, self.name = module, name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return getattr(self.module, self.name)(x)
+
+
+class _FastAdaFocus(AdaFocus):
+    """An AdaFocus whose glance and focus networks run as optimised copies (``glance_net``:
+    frames -> glance maps, ``focus_net``: patches -> focus features); made by :func:`inference_copy`."""
+
+    glance_net: nn.Module
+    focus_net: nn.Module
+
+    def glance_frames(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        maps = self.glance_net(self.glance_input(frames)).contiguous()
+        return maps, maps.mean(dim=(2, 3))
+
+    def focus_patches(self, frames: torch.Tensor, top_left: torch.Tensor) -> torch.Tensor:
+        return self.focus_net(crop_patches(frames, top_left, self.patch_size))
+
+
+def inference_copy(model: AdaFocus, fast: FastInferenceConfig, *, device: torch.device) -> AdaFocus:
+    """An inference-only copy of ``model`` on ``device`` whose glance and focus networks are
+    optimised by the core (:func:`effvid.models.optimize.optimize_for_inference`: BatchNorm folded,
+    channels-last, or compiled); the policy and the classifier are unchanged. The outputs equal the
+    model's up to float rounding. int8 is not offered here: its accuracy cost on AdaFocus is not
+    measured."""
+    if fast.int8:
+        raise ValueError("adafocus: --fast.int8 is not supported (fold_bn, channels_last and compile are)")
+    out = copy.deepcopy(model).eval().to(device)
+    for p in out.parameters():
+        p.requires_grad_(False)
+    glance = optimize_for_inference(_Method(out.glance, "forward_feature_maps"), fast, device=device)
+    focus = optimize_for_inference(_Method(out.focus, "forward_features"), fast, device=device)
+    out.__class__ = _FastAdaFocus
+    out.glance_net, out.focus_net = glance, focus
+    return out
