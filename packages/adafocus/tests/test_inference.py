@@ -24,12 +24,21 @@ def setup():
     return model, clips, full
 
 
-def test_without_threshold_equals_the_batched_forward(setup):
+def test_without_threshold_equals_the_batched_forward(setup, monkeypatch):
+    """Stepping (frames from a step loader) gives the batched forward's result; given whole clips,
+    early_exit runs the batched forward itself (one glance call) and returns the same."""
     model, clips, full = setup
-    result = early_exit(model, clips)
-    assert result.exit_step.tolist() == [3] * 6
-    assert torch.equal(result.actions, full.actions) and torch.equal(result.top_left, full.top_left)
-    torch.testing.assert_close(result.logits, full.video_logits, rtol=1e-5, atol=1e-5)
+    stepped = early_exit(model, lambda active, step: clips[active, step], 6, num_steps=4)
+    calls = []
+    original = model.glance_frames
+    monkeypatch.setattr(model, "glance_frames", lambda frames: calls.append(len(frames)) or original(frames))
+    batched = early_exit(model, clips)
+    assert calls == [6 * 4]
+    for result in (stepped, batched):
+        assert result.exit_step.tolist() == [3] * 6 and not result.skipped.any()
+        assert torch.equal(result.actions, full.actions) and torch.equal(result.top_left, full.top_left)
+        torch.testing.assert_close(result.logits, full.video_logits, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(result.step_logits, full.logits, rtol=1e-5, atol=1e-5)
 
 
 def test_confident_videos_leave_early_with_the_same_step_predictions(setup):

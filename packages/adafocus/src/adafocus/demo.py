@@ -41,6 +41,7 @@ from effvid.io import atomic_write_json, atomic_write_text
 from effvid.metrics import HitAt1, VideoMAP
 from effvid.model_files import save_model
 from effvid.models import Backbone
+from effvid.models.optimize import FastInferenceConfig, optimize_for_inference
 from effvid.plots import plot_results
 from effvid.reports import ResultRow, StageClock, cheapest_within, format_results, write_results
 
@@ -107,8 +108,10 @@ def _evaluate_frame_model(
     prepare=lambda frames: frames,
 ) -> tuple[dict[str, float], float, float]:
     """A stage-0 network alone: its head on every frame (after ``prepare``, e.g. the glance's
-    resize), softmax averaged over the frames. Returns ({top1, map}, GMACs per video, videos/s)."""
+    resize), softmax averaged over the frames, run as the same inference copy (BatchNorm folded,
+    channels-last) as the AdaFocus rows. Returns ({top1, map}, GMACs per video, videos/s)."""
     backbone = backbone.cpu().eval()
+    runner = optimize_for_inference(backbone, FastInferenceConfig(), device=torch.device("cpu"))
     hit1, mean_ap = HitAt1(), VideoMAP()
     hit1.reset()
     mean_ap.reset()
@@ -117,7 +120,7 @@ def _evaluate_frame_model(
         items = [dataset[i] for i in range(first, min(first + batch_size, len(dataset)))]
         clips = torch.stack([item["video"] for item in items])
         frames = prepare(clips.flatten(0, 1))
-        probs = torch.softmax(backbone(frames), 1).view(len(items), clips.shape[1], -1).mean(1)
+        probs = torch.softmax(runner(frames), 1).view(len(items), clips.shape[1], -1).mean(1)
         targets = torch.stack([item["label"] for item in items])
         hit1.update((probs, targets))
         mean_ap.update((probs, targets))
@@ -200,7 +203,14 @@ def run_demo(cfg: DemoConfig, run_dir: Path) -> None:
 
     def evaluate(m: AdaFocus, **kw) -> Evaluation:
         return evaluate_dataset(
-            m, val_ds, batch_size=data.train_batch_size, device=device, stream=False, progress=False, **kw
+            m,
+            val_ds,
+            batch_size=data.train_batch_size,
+            device=device,
+            stream=False,
+            progress=False,
+            fast=FastInferenceConfig(),
+            **kw,
         )
 
     masks = object_masks(spec, val_ds)

@@ -85,7 +85,8 @@ def evaluate_dataset(
     whose glance map is as similar as ``skip_similarity`` to the last focused one is only glanced
     (AdaFocus+, see :func:`~adafocus.inference.early_exit`; None: no skipping).
     ``stream``: a frame is decoded when a video reaches its step, never for steps it does not
-    reach (``num_threads`` decoding in parallel). ``videos_per_s`` is the measured throughput,
+    reach (``num_threads`` decoding in parallel); with neither exits nor skipping and argmax
+    positions every frame is needed, so whole clips are loaded and the batched forward runs. ``videos_per_s`` is the measured throughput,
     decoding included. ``fast``: the glance and focus networks run as optimised copies
     (:func:`~adafocus.inference.inference_copy`; same outputs up to rounding); MACs are counted
     on the model as defined.
@@ -94,6 +95,7 @@ def evaluate_dataset(
     frame_hw = tuple(dataset.load_frames(0, [0]).shape[-2:])
     costs = measure_unit_costs(model, frame_hw)
     runner = model if fast is None else inference_copy(model, fast, device=device)
+    every_step = threshold is None and skip_similarity is None and policy == "argmax"
     num_steps = len(dataset.frame_indices(0))
     generator = torch.Generator().manual_seed(seed)
     hit1, mean_ap = HitAt1(), VideoMAP()
@@ -107,7 +109,10 @@ def evaluate_dataset(
             range(0, len(dataset), batch_size), desc="videos", unit="batch", disable=not progress
         ):
             ids = list(range(start, min(start + batch_size, len(dataset))))
-            load_step = step_loader(dataset, ids, stream=stream, pool=pool)
+            if every_step:  # every frame is needed: whole clips, and the batched forward runs
+                load_step = torch.stack([dataset[i]["video"] for i in ids]).to(device)
+            else:
+                load_step = step_loader(dataset, ids, stream=stream, pool=pool)
             with autocast(device, amp):
                 result = early_exit(
                     runner,

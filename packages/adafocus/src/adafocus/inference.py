@@ -15,8 +15,8 @@ videos advances step by step over an active set. At each step every active video
 
 The frames that are not skipped get a position from the policy, a patch, the focus network and a
 classifier step. Without either option every video runs all T steps and the result equals the
-batched :meth:`~adafocus.model.AdaFocus.forward` (which is faster then: one glance and one focus
-pass). The cost of a video is counted per unit (:func:`~adafocus.cost.video_macs`): the glance
+batched :meth:`~adafocus.model.AdaFocus.forward`, which is faster (one glance and one focus pass):
+given whole clips and argmax positions, :func:`early_exit` runs that instead of stepping. The cost of a video is counted per unit (:func:`~adafocus.cost.video_macs`): the glance
 for every step reached, the other units for the focused steps only.
 """
 
@@ -95,6 +95,13 @@ def early_exit(
     if skip_similarity is not None and not -1.0 <= skip_similarity <= 1.0:
         raise ValueError(f"skip_similarity is a cosine similarity in [-1, 1]; got {skip_similarity}")
     model.eval()
+    if (
+        isinstance(clips, torch.Tensor)
+        and threshold is None
+        and skip_similarity is None
+        and policy == "argmax"
+    ):
+        return _all_steps(model, clips[:, :num_steps] if num_steps else clips)
     if isinstance(clips, torch.Tensor):
         model.check_clips(clips)
         video = clips
@@ -167,6 +174,21 @@ def early_exit(
         if len(active) == 0:
             break
     return ExitResult(exit_step, logits_out, top_left, actions, step_logits, skipped)
+
+
+def _all_steps(model: AdaFocus, clips: torch.Tensor) -> ExitResult:
+    """Every video runs every step with argmax positions: the batched forward (one glance pass and
+    one focus pass over all frames, the policy over the whole clip), the same result as stepping."""
+    out = model(clips, sample=False)
+    b, t = clips.shape[:2]
+    return ExitResult(
+        exit_step=torch.full((b,), t - 1, dtype=torch.long),
+        logits=out.video_logits.float().cpu(),
+        top_left=out.top_left.long().cpu(),
+        actions=out.actions.long().cpu(),  # type: ignore[union-attr]
+        step_logits=out.logits.float().cpu(),
+        skipped=torch.zeros(b, t, dtype=torch.bool),
+    )
 
 
 def _focus_step(
