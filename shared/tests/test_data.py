@@ -156,11 +156,11 @@ def test_video_reads_any_order_with_repeats_and_seeks(synth):
     assert np.array_equal(frames[0], frames[2]) and np.array_equal(frames[0], sequential[2])
 
 
-def test_load_frames_streams_only_requested_positions(synth, monkeypatch):
+def _count_decodes(monkeypatch) -> list[str]:
+    """From now on, every frame the storages decode is named in the returned list."""
     import effvid.data.storage as storage_module
 
-    storage = open_storage("lmdb", synth["lmdb"].storage_path)
-    decoded = []
+    decoded: list[str] = []
     original = storage_module.decode_image
 
     def counting(data, *, where, min_side=None):
@@ -168,6 +168,12 @@ def test_load_frames_streams_only_requested_positions(synth, monkeypatch):
         return original(data, where=where, min_side=min_side)
 
     monkeypatch.setattr(storage_module, "decode_image", counting)
+    return decoded
+
+
+def test_load_frames_streams_only_requested_positions(synth, monkeypatch):
+    storage = open_storage("lmdb", synth["lmdb"].storage_path)
+    decoded = _count_decodes(monkeypatch)
     ds = VideoClassificationDataset(
         read_generic_list(synth["lmdb"].val_list),
         storage,
@@ -405,7 +411,6 @@ def test_batch_size_per_device_and_for_training():
 def test_prefetching_step_loader_gives_the_same_frames_and_decodes_ahead(synth, monkeypatch):
     from concurrent.futures import ThreadPoolExecutor
 
-    import effvid.data.storage as storage_module
     from effvid.data.streaming import PrefetchingStepLoader, step_loader
 
     storage = open_storage("lmdb", synth["lmdb"].storage_path)
@@ -419,14 +424,7 @@ def test_prefetching_step_loader_gives_the_same_frames_and_decodes_ahead(synth, 
     plain = step_loader(ds, ids)
     schedule = [([0, 1, 2], 0), ([0, 2], 1), ([2], 2), ([2], 3)]  # videos leave step by step
     expected = [plain(active, step) for active, step in schedule]
-    decoded = []
-    original = storage_module.decode_image
-
-    def counting(data, *, where, min_side=None):
-        decoded.append(where)
-        return original(data, where=where, min_side=min_side)
-
-    monkeypatch.setattr(storage_module, "decode_image", counting)
+    decoded = _count_decodes(monkeypatch)
     with ThreadPoolExecutor(1) as executor:
         ahead = step_loader(ds, ids, prefetch=executor)
         assert isinstance(ahead, PrefetchingStepLoader) and ahead.num_steps == 4
@@ -438,7 +436,7 @@ def test_prefetching_step_loader_gives_the_same_frames_and_decodes_ahead(synth, 
     assert len(decoded) == 9
 
     # a prefetched frame that fails to decode matters only to a video that still needs it
-    monkeypatch.setattr(storage_module, "decode_image", original)
+    monkeypatch.undo()
     broken = {("2", 1)}
 
     def failing(active, step):
