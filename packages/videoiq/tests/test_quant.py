@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from original_reference import OrigPACTSTE, orig_dorefa
@@ -11,6 +13,7 @@ from videoiq.quant import (
     QConv2d,
     SwitchableBatchNorm2d,
     check_family,
+    clear_inference_caches,
     dorefa_weight,
     pact,
     set_bit_width,
@@ -178,3 +181,78 @@ def test_mean_aligned_rescales_to_the_mean_of_the_input():
     x01 = u / (2 * u.abs().max()) + 0.5
     aligned_w = dorefa_weight(w, 2, 32, mean_aligned=True)
     torch.testing.assert_close(((aligned_w + 1) / 2).mean(), x01.mean())
+
+
+def _qconv(seed: int = 0, mean_aligned: bool = False) -> QConv2d:
+    conv = torch.nn.Conv2d(6, 8, 3, padding=1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(8, 6, 3, 3, generator=torch.Generator().manual_seed(seed)) * 0.2)
+    return QConv2d.from_conv(conv, (32, 4, 2), mean_aligned=mean_aligned)
+
+
+def _assert_weights_fresh(q: QConv2d) -> None:
+    """In eval without autograd: every bit width's weight equals a fresh dorefa_weight, bit for bit,
+    is computed once (the second call returns the same tensor), and the conv uses it."""
+    x = torch.rand(2, 6, 5, 5, generator=torch.Generator().manual_seed(9))
+    for b in q.family:
+        set_bit_width(q, b)
+        with torch.no_grad():
+            first = q.quantised_weight()
+            expect = dorefa_weight(q.weight, b, 32, mean_aligned=q.mean_aligned)
+            assert torch.equal(first, expect)
+            assert q.quantised_weight() is first
+            assert torch.equal(q(x), torch.nn.functional.conv2d(x, expect, padding=1))
+
+
+@pytest.mark.parametrize("mean_aligned", [False, True])
+def test_quantised_weight_cache_is_bit_identical_and_follows_every_change(mean_aligned):
+    q = _qconv(mean_aligned=mean_aligned).eval()
+    _assert_weights_fresh(q)
+    # an in-place write under no_grad (eval mode throughout) bumps the version: recomputed
+    with torch.no_grad():
+        q.weight.mul_(1.5)
+    _assert_weights_fresh(q)
+    # a training step: train() drops the cache, the optimiser's in-place update bumps the version
+    q.train()
+    opt = torch.optim.SGD(q.parameters(), lr=0.5)
+    set_bit_width(q, 2)
+    q(torch.rand(2, 6, 5, 5)).square().sum().backward()
+    opt.step()
+    q.eval()
+    _assert_weights_fresh(q)
+    # load_state_dict, and a replaced parameter
+    q.load_state_dict(_qconv(seed=3).state_dict())
+    _assert_weights_fresh(q)
+    q.weight = torch.nn.Parameter(torch.randn(8, 6, 3, 3) * 0.3)
+    _assert_weights_fresh(q)
+    # a write through .data is invisible to the version counter: clear_inference_caches
+    q.weight.data.add_(0.05)
+    assert clear_inference_caches(q) == 1
+    _assert_weights_fresh(q)
+
+
+def test_quantised_weight_is_not_cached_with_autograd_or_in_training():
+    q = _qconv().eval()
+    set_bit_width(q, 4)
+    w = q.quantised_weight()  # autograd on: a fresh tensor in the graph every call
+    assert w.requires_grad and q.quantised_weight() is not w
+    q.train()
+    with torch.no_grad():
+        assert q.quantised_weight() is not q.quantised_weight()  # training mode: never cached
+    q.eval()
+    with torch.no_grad():
+        cached = q.quantised_weight()
+    # gradients are those of the uncached path
+    x = torch.rand(2, 6, 5, 5, generator=torch.Generator().manual_seed(1))
+    q(x).square().sum().backward()
+    w2 = q.weight.detach().clone().requires_grad_(True)
+    torch.nn.functional.conv2d(x, dorefa_weight(w2, 4, 32), padding=1).square().sum().backward()
+    assert torch.equal(q.weight.grad, w2.grad)
+    with torch.no_grad():
+        assert q.quantised_weight() is cached  # the weight did not change
+    # a deep copy recomputes for its own weight
+    twin = copy.deepcopy(q)
+    with torch.no_grad():
+        twin.weight.add_(1.0)
+    _assert_weights_fresh(twin)
+    _assert_weights_fresh(q)

@@ -17,6 +17,11 @@ exactly, because the 4- and 2-bit branches turn a 1-ulp difference into a whole 
 PACT's scale is ``reciprocal(alpha) * (2^b - 1)`` (what ``int / tensor`` computes in torch), the
 weight scale is ``2^B - 1`` rounded to float32 (``2^32`` for B = 32), and the mean-rescale
 ``x * m2 / m3`` is applied even when it is mathematically 1.
+
+Inference (no autograd) computes the same functions with less work: a :class:`QConv2d` in eval mode
+quantises its weight once per bit width and reuses it while its parameter is unchanged (same
+tensor, same ``_version``; cleared by ``train()``/``eval()`` switches and ``load_state_dict``). It
+gives bit-identical outputs (tested).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ __all__ = [
     "QConv2d",
     "SwitchableBatchNorm2d",
     "check_family",
+    "clear_inference_caches",
     "dorefa_weight",
     "pact",
     "set_bit_width",
@@ -155,6 +161,52 @@ class BitSwitchable:
         return self.family[0]
 
 
+class _EvalCache:
+    """Mixin of modules (before ``nn.Module`` in the bases) that keep values derived from one of
+    their parameters at inference: in eval mode without autograd, :meth:`_cached` computes a value
+    once and returns it while the parameter is the same tensor with the same ``_version`` (which
+    every in-place write through autograd's view of it bumps: optimiser steps, ``copy_`` under
+    ``no_grad``), storage, dtype and device. Switching ``train()``/``eval()`` and
+    ``load_state_dict`` clear it. In training or with autograd on nothing is cached. Writes through
+    ``param.data`` bypass the version counter: call :func:`clear_inference_caches` after them."""
+
+    training: bool
+
+    def _cached(self, name: object, param: torch.Tensor, compute):
+        if self.training or torch.is_grad_enabled() or param.device.type == "meta":
+            return compute()
+        cache = self.__dict__.setdefault("_eval_cache", {})
+        key = (param._version, param.data_ptr(), param.dtype, param.device)
+        hit = cache.get(name)
+        if hit is not None and hit[0] is param and hit[1] == key:
+            return hit[2]
+        value = compute()
+        cache[name] = (param, key, value)
+        return value
+
+    def clear_eval_cache(self) -> None:
+        self.__dict__.get("_eval_cache", {}).clear()
+
+    def train(self, mode: bool = True):
+        if mode != self.training:
+            self.clear_eval_cache()
+        return super().train(mode)  # type: ignore[misc]
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.clear_eval_cache()
+        super()._load_from_state_dict(*args, **kwargs)  # type: ignore[misc]
+
+
+def clear_inference_caches(model: nn.Module) -> int:
+    """Drop the quantised weights cached by ``model``'s modules (needed only after
+    writing a parameter through ``.data``, which its version counter does not see); returns how
+    many caching modules it found."""
+    found = [m for m in model.modules() if isinstance(m, _EvalCache)]
+    for m in found:
+        m.clear_eval_cache()
+    return len(found)
+
+
 def set_bit_width(model: nn.Module, bits: int) -> int:
     """Make every :class:`BitSwitchable` module of ``model`` run at ``bits``; returns how many.
 
@@ -168,8 +220,11 @@ def set_bit_width(model: nn.Module, bits: int) -> int:
     return len(found)
 
 
-class QConv2d(BitSwitchable, nn.Conv2d):
+class QConv2d(BitSwitchable, _EvalCache, nn.Conv2d):
     """``nn.Conv2d`` whose weight is quantised by :func:`dorefa_weight` at the active bit width.
+
+    In eval mode without autograd the quantised weight of each bit width is computed once and
+    reused until the weight changes (:class:`_EvalCache`); do not modify it in place.
 
     The parameter is the full-precision ``weight`` (same name and shape as the conv it replaces).
     Input (N, C_in, H, W) -> (N, C_out, H', W').
@@ -202,7 +257,12 @@ class QConv2d(BitSwitchable, nn.Conv2d):
         return q
 
     def quantised_weight(self) -> torch.Tensor:
-        return dorefa_weight(self.weight, self.bit_width, self.max_bits, mean_aligned=self.mean_aligned)
+        bits, max_bits, aligned = self.bit_width, self.max_bits, self.mean_aligned
+        return self._cached(
+            (bits, max_bits, aligned),
+            self.weight,
+            lambda: dorefa_weight(self.weight, bits, max_bits, mean_aligned=aligned),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, self.quantised_weight(), self.bias)
