@@ -9,6 +9,7 @@ import torch
 from original_reference import OrigPACTSTE, orig_dorefa
 
 from videoiq.quant import (
+    _PACTSTE,
     PACT,
     QConv2d,
     SwitchableBatchNorm2d,
@@ -256,3 +257,58 @@ def test_quantised_weight_is_not_cached_with_autograd_or_in_training():
         twin.weight.add_(1.0)
     _assert_weights_fresh(twin)
     _assert_weights_fresh(q)
+
+
+@pytest.mark.parametrize("mean_aligned", [False, True])
+def test_pact_without_autograd_is_bit_identical(mean_aligned):
+    g = torch.Generator().manual_seed(5)
+    alphas = [torch.empty(1).uniform_(0.3, 7.0, generator=g) for _ in range(10)]
+    alphas += [torch.zeros(1), torch.tensor([-0.5])]
+    for bits in (32, 8, 4, 2):
+        for alpha in alphas:
+            x = torch.randn(3, 4, 6, 6, generator=g).abs() * max(float(alpha), 1.0) * 0.8
+            x[0, 0, 0] = 0.0
+            ref = _PACTSTE.apply(x, alpha, bits, True, mean_aligned)
+            with torch.no_grad():
+                assert torch.equal(pact(x, alpha, bits, mean_aligned=mean_aligned), ref)
+            assert torch.equal(OrigPACTSTE.apply(x, alpha, bits), _PACTSTE.apply(x, alpha, bits, True, False))
+    alpha = torch.tensor([2.0])
+    with torch.no_grad():
+        zeros = torch.zeros(2, 3)  # mean 0: no rescale
+        assert torch.equal(pact(zeros, alpha, 2), _PACTSTE.apply(zeros, alpha, 2, True, False))
+        with pytest.raises(ValueError, match="non-negative"):
+            pact(torch.tensor([-0.1, 1.0]), alpha, 2)
+        nan_clip = torch.tensor([float("nan")])  # where and min differ on a NaN clip: the original path
+        x = torch.rand(8)
+        torch.testing.assert_close(
+            pact(x, nan_clip, 2), _PACTSTE.apply(x, nan_clip, 2, True, False), rtol=0, atol=0, equal_nan=True
+        )
+
+
+def test_pact_module_without_autograd_is_bit_identical_and_follows_its_clip():
+    act = PACT((32, 4, 2), init=[3.0, 2.5, 1.7]).eval()
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(4, 8, 5, 5, generator=g) * 3
+
+    def check() -> None:
+        for b in act.family:
+            set_bit_width(act, b)
+            ref = OrigPACTSTE.apply(x, act.clips[str(b)].detach(), b)
+            with torch.no_grad():
+                assert torch.equal(act(x), ref) and torch.equal(act(x), ref)  # the second: cached scale
+            assert torch.equal(act(x), ref)  # with autograd
+
+    check()
+    with torch.no_grad():
+        act.clips["4"].fill_(1.3)  # an in-place write in eval mode: the scale is recomputed
+    check()
+    act.load_state_dict(PACT((32, 4, 2), init=[2.0, 0.9, 4.4]).state_dict())
+    check()
+    act.train()
+    with torch.no_grad():
+        act.clips["2"].fill_(0.6)
+    check()
+    act.check_nonnegative = False  # the check off: a negative input goes through as with autograd
+    neg = torch.tensor([-0.5, 0.2, 1.0])
+    with torch.no_grad():
+        assert torch.equal(act(neg), _PACTSTE.apply(neg, act.clips["2"].detach(), 2, False, False))
