@@ -82,8 +82,12 @@ def test_sampled_decisions_as_the_original_evaluation():
     torch.manual_seed(0)
     model = VideoIQ(arch="resnet18", num_classes=3, skip_list=(1,), policy_kwargs={"input_size": 32})
     clip = torch.randn(2, 4, 3, 32, 32)
+    assert model.training
     first = dynamic_inference(model, clip)
+    assert not any(m.training for m in model.modules())  # put in eval mode
+    model.policy.backbone.train()  # one submodule back in training mode: eval again
     assert torch.equal(dynamic_inference(model, clip).actions, first.actions)  # argmax by default
+    assert not any(m.training for m in model.modules())
     draws = [dynamic_inference(model, clip, sample=True) for _ in range(4)]
     assert any(not torch.equal(d.actions, draws[0].actions) for d in draws[1:])  # near-uniform policy
     for d in draws:

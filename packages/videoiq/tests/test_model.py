@@ -192,3 +192,35 @@ def test_inference_shortcuts_give_the_same_values():
             6, 3, 20, 20
         ),
     )
+
+
+def test_inference_without_autograd_equals_the_autograd_forward_bit_for_bit():
+    # without autograd the network reuses cached quantised weights and PACT scales and works in
+    # place; with autograd it computes everything afresh: the features must be identical
+    torch.manual_seed(0)
+    net = AnyPrecisionResNet(
+        arch="resnet18", num_classes=3, bit_width_family=(32, 4, 2), backbone_kwargs={"width": 4}
+    )
+    frames = torch.randn(6, 3, 32, 32)
+
+    def check() -> None:
+        net.eval()
+        for _ in range(2):  # the second pass runs on the cached weights
+            for b in net.family:
+                with torch.no_grad():
+                    fast = net.frame_features(frames, b)
+                assert torch.equal(fast, net.frame_features(frames, b).detach())
+
+    check()
+    net.train()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    for b in net.family:
+        net.set_bit_width(b)
+        net(torch.randn(2, 2, 3, 32, 32)).logsumexp(1).sum().backward()
+    opt.step()
+    check()
+    other = AnyPrecisionResNet(
+        arch="resnet18", num_classes=3, bit_width_family=(32, 4, 2), backbone_kwargs={"width": 4}
+    )
+    net.load_state_dict(other.state_dict())
+    check()

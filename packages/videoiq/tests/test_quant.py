@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from original_reference import OrigPACTSTE, orig_dorefa
 
 from videoiq.quant import (
+    _PACTSTE,
     PACT,
     QConv2d,
     SwitchableBatchNorm2d,
     check_family,
+    clear_inference_caches,
     dorefa_weight,
     pact,
     set_bit_width,
@@ -178,3 +182,133 @@ def test_mean_aligned_rescales_to_the_mean_of_the_input():
     x01 = u / (2 * u.abs().max()) + 0.5
     aligned_w = dorefa_weight(w, 2, 32, mean_aligned=True)
     torch.testing.assert_close(((aligned_w + 1) / 2).mean(), x01.mean())
+
+
+def _qconv(seed: int = 0, mean_aligned: bool = False) -> QConv2d:
+    conv = torch.nn.Conv2d(6, 8, 3, padding=1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(8, 6, 3, 3, generator=torch.Generator().manual_seed(seed)) * 0.2)
+    return QConv2d.from_conv(conv, (32, 4, 2), mean_aligned=mean_aligned)
+
+
+def _assert_weights_fresh(q: QConv2d) -> None:
+    """In eval without autograd: every bit width's weight equals a fresh dorefa_weight, bit for bit,
+    is computed once (the second call returns the same tensor), and the conv uses it."""
+    x = torch.rand(2, 6, 5, 5, generator=torch.Generator().manual_seed(9))
+    for b in q.family:
+        set_bit_width(q, b)
+        with torch.no_grad():
+            first = q.quantised_weight()
+            expect = dorefa_weight(q.weight, b, 32, mean_aligned=q.mean_aligned)
+            assert torch.equal(first, expect)
+            assert q.quantised_weight() is first
+            assert torch.equal(q(x), torch.nn.functional.conv2d(x, expect, padding=1))
+
+
+@pytest.mark.parametrize("mean_aligned", [False, True])
+def test_quantised_weight_cache_is_bit_identical_and_follows_every_change(mean_aligned):
+    q = _qconv(mean_aligned=mean_aligned).eval()
+    _assert_weights_fresh(q)
+    # an in-place write under no_grad (eval mode throughout) bumps the version: recomputed
+    with torch.no_grad():
+        q.weight.mul_(1.5)
+    _assert_weights_fresh(q)
+    # a training step: train() drops the cache, the optimiser's in-place update bumps the version
+    q.train()
+    opt = torch.optim.SGD(q.parameters(), lr=0.5)
+    set_bit_width(q, 2)
+    q(torch.rand(2, 6, 5, 5)).square().sum().backward()
+    opt.step()
+    q.eval()
+    _assert_weights_fresh(q)
+    # load_state_dict, and a replaced parameter
+    q.load_state_dict(_qconv(seed=3).state_dict())
+    _assert_weights_fresh(q)
+    q.weight = torch.nn.Parameter(torch.randn(8, 6, 3, 3) * 0.3)
+    _assert_weights_fresh(q)
+    # a write through .data is invisible to the version counter: clear_inference_caches
+    q.weight.data.add_(0.05)
+    assert clear_inference_caches(q) == 1
+    _assert_weights_fresh(q)
+
+
+def test_quantised_weight_is_not_cached_with_autograd_or_in_training():
+    q = _qconv().eval()
+    set_bit_width(q, 4)
+    w = q.quantised_weight()  # autograd on: a fresh tensor in the graph every call
+    assert w.requires_grad and q.quantised_weight() is not w
+    q.train()
+    with torch.no_grad():
+        assert q.quantised_weight() is not q.quantised_weight()  # training mode: never cached
+    q.eval()
+    with torch.no_grad():
+        cached = q.quantised_weight()
+    # gradients are those of the uncached path
+    x = torch.rand(2, 6, 5, 5, generator=torch.Generator().manual_seed(1))
+    q(x).square().sum().backward()
+    w2 = q.weight.detach().clone().requires_grad_(True)
+    torch.nn.functional.conv2d(x, dorefa_weight(w2, 4, 32), padding=1).square().sum().backward()
+    assert torch.equal(q.weight.grad, w2.grad)
+    with torch.no_grad():
+        assert q.quantised_weight() is cached  # the weight did not change
+    # a deep copy recomputes for its own weight
+    twin = copy.deepcopy(q)
+    with torch.no_grad():
+        twin.weight.add_(1.0)
+    _assert_weights_fresh(twin)
+    _assert_weights_fresh(q)
+
+
+@pytest.mark.parametrize("mean_aligned", [False, True])
+def test_pact_without_autograd_is_bit_identical(mean_aligned):
+    g = torch.Generator().manual_seed(5)
+    alphas = [torch.empty(1).uniform_(0.3, 7.0, generator=g) for _ in range(10)]
+    alphas += [torch.zeros(1), torch.tensor([-0.5])]
+    for bits in (32, 8, 4, 2):
+        for alpha in alphas:
+            x = torch.randn(3, 4, 6, 6, generator=g).abs() * max(float(alpha), 1.0) * 0.8
+            x[0, 0, 0] = 0.0
+            ref = _PACTSTE.apply(x, alpha, bits, True, mean_aligned)
+            with torch.no_grad():
+                assert torch.equal(pact(x, alpha, bits, mean_aligned=mean_aligned), ref)
+            assert torch.equal(OrigPACTSTE.apply(x, alpha, bits), _PACTSTE.apply(x, alpha, bits, True, False))
+    alpha = torch.tensor([2.0])
+    with torch.no_grad():
+        zeros = torch.zeros(2, 3)  # mean 0: no rescale
+        assert torch.equal(pact(zeros, alpha, 2), _PACTSTE.apply(zeros, alpha, 2, True, False))
+        with pytest.raises(ValueError, match="non-negative"):
+            pact(torch.tensor([-0.1, 1.0]), alpha, 2)
+        nan_clip = torch.tensor([float("nan")])  # where and min differ on a NaN clip: the original path
+        x = torch.rand(8)
+        torch.testing.assert_close(
+            pact(x, nan_clip, 2), _PACTSTE.apply(x, nan_clip, 2, True, False), rtol=0, atol=0, equal_nan=True
+        )
+
+
+def test_pact_module_without_autograd_is_bit_identical_and_follows_its_clip():
+    act = PACT((32, 4, 2), init=[3.0, 2.5, 1.7]).eval()
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(4, 8, 5, 5, generator=g) * 3
+
+    def check() -> None:
+        for b in act.family:
+            set_bit_width(act, b)
+            ref = OrigPACTSTE.apply(x, act.clips[str(b)].detach(), b)
+            with torch.no_grad():
+                assert torch.equal(act(x), ref) and torch.equal(act(x), ref)  # the second: cached scale
+            assert torch.equal(act(x), ref)  # with autograd
+
+    check()
+    with torch.no_grad():
+        act.clips["4"].fill_(1.3)  # an in-place write in eval mode: the scale is recomputed
+    check()
+    act.load_state_dict(PACT((32, 4, 2), init=[2.0, 0.9, 4.4]).state_dict())
+    check()
+    act.train()
+    with torch.no_grad():
+        act.clips["2"].fill_(0.6)
+    check()
+    act.check_nonnegative = False  # the check off: a negative input goes through as with autograd
+    neg = torch.tensor([-0.5, 0.2, 1.0])
+    with torch.no_grad():
+        assert torch.equal(act(neg), _PACTSTE.apply(neg, act.clips["2"].detach(), 2, False, False))

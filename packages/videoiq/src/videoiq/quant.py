@@ -17,6 +17,11 @@ exactly, because the 4- and 2-bit branches turn a 1-ulp difference into a whole 
 PACT's scale is ``reciprocal(alpha) * (2^b - 1)`` (what ``int / tensor`` computes in torch), the
 weight scale is ``2^B - 1`` rounded to float32 (``2^32`` for B = 32), and the mean-rescale
 ``x * m2 / m3`` is applied even when it is mathematically 1.
+
+Inference (no autograd) computes the same functions with less work: a :class:`QConv2d` in eval mode
+quantises its weight once per bit width and reuses it while its parameter is unchanged (same
+tensor, same ``_version``; cleared by ``train()``/``eval()`` switches and ``load_state_dict``), and
+:func:`pact` works in place with a precomputed scale. Both give bit-identical outputs (tested).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ __all__ = [
     "QConv2d",
     "SwitchableBatchNorm2d",
     "check_family",
+    "clear_inference_caches",
     "dorefa_weight",
     "pact",
     "set_bit_width",
@@ -95,18 +101,54 @@ def dorefa_weight(
     return 2 * x - 1
 
 
+_PACT_NEGATIVE = "PACT is single-sided: its input must be non-negative (place it after a ReLU)"
+
+
+def _pact_scale(alpha: torch.Tensor, bits: int) -> torch.Tensor:
+    n = 2**bits - 1
+    diff = alpha.clamp_min(0)
+    diff = torch.where(diff == 0, n, diff)  # a zero clip: the original sets the range to n
+    return diff.reciprocal() * n  # the original's `n / diff`: torch computes reciprocal * n
+
+
+def _pact_inference(
+    x: torch.Tensor, alpha: torch.Tensor, scale: torch.Tensor, mean_aligned: bool
+) -> torch.Tensor:
+    """:class:`_PACTSTE`'s forward without autograd, in place on one new tensor: the same float32
+    operations on the same operands (``min(x, alpha)`` for ``where(x > alpha, alpha, x)``; a
+    Python test of ``m != 0`` for the tensor ``where``), so the same values. Needs ``x`` contiguous
+    and of ``alpha``'s dtype (else the in-place ops could keep another dtype or order) and a clip
+    that is not NaN (``where`` and ``min`` differ there)."""
+    out = torch.clamp_max(x, alpha)
+    out.mul_(scale).round_().div_(scale)
+    m = out.mean()
+    ref = x.mean() if mean_aligned else m
+    if bool(m != 0):
+        out.mul_(ref).div_(m)
+    return out
+
+
+def _pact_fast(x: torch.Tensor, alpha: torch.Tensor) -> bool:
+    """Whether :func:`_pact_inference` applies: no autograd, a contiguous CPU/GPU float input of
+    the clip's dtype and device."""
+    return (
+        not torch.is_grad_enabled()
+        and x.device.type != "meta"
+        and x.device == alpha.device
+        and x.dtype == alpha.dtype
+        and x.is_contiguous()
+    )
+
+
 class _PACTSTE(torch.autograd.Function):
     @staticmethod
     def forward(
         ctx, x: torch.Tensor, alpha: torch.Tensor, bits: int, check: bool, mean_aligned: bool
     ) -> torch.Tensor:
         if check and x.device.type != "meta" and bool(x.min() < 0):
-            raise ValueError("PACT is single-sided: its input must be non-negative (place it after a ReLU)")
+            raise ValueError(_PACT_NEGATIVE)
         ctx.save_for_backward(x, alpha)
-        n = 2**bits - 1
-        diff = alpha.clamp_min(0)
-        diff = torch.where(diff == 0, n, diff)  # a zero clip: the original sets the range to n
-        scale = diff.reciprocal() * n  # the original's `n / diff`: torch computes reciprocal * n
+        scale = _pact_scale(alpha, bits)
         clipped = torch.where(x > alpha, alpha, x)
         q = torch.round(scale * clipped)
         out = q / scale
@@ -136,7 +178,13 @@ def pact(
 ) -> torch.Tensor:
     """PACT: clip ``x >= 0`` (any shape) to ``[0, alpha]`` (``alpha`` shape (1,)) and quantise to
     ``2^bits`` levels. ``d/dx`` = 1 on ``[0, alpha]``; ``d/d alpha`` = sum of the incoming gradient
-    where ``x >= alpha``. ``mean_aligned`` rescales the output to the mean of ``x``."""
+    where ``x >= alpha``. ``mean_aligned`` rescales the output to the mean of ``x``.
+
+    Without autograd the same values come from an in-place path (fewer passes over ``x``)."""
+    if _pact_fast(x, alpha) and not bool(torch.isnan(alpha).any()):
+        if check_nonnegative and bool(x.min() < 0):
+            raise ValueError(_PACT_NEGATIVE)
+        return _pact_inference(x, alpha, _pact_scale(alpha, bits), mean_aligned)
     return _PACTSTE.apply(x, alpha, bits, check_nonnegative, mean_aligned)
 
 
@@ -155,6 +203,52 @@ class BitSwitchable:
         return self.family[0]
 
 
+class _EvalCache:
+    """Mixin of modules (before ``nn.Module`` in the bases) that keep values derived from one of
+    their parameters at inference: in eval mode without autograd, :meth:`_cached` computes a value
+    once and returns it while the parameter is the same tensor with the same ``_version`` (which
+    every in-place write through autograd's view of it bumps: optimiser steps, ``copy_`` under
+    ``no_grad``), storage, dtype and device. Switching ``train()``/``eval()`` and
+    ``load_state_dict`` clear it. In training or with autograd on nothing is cached. Writes through
+    ``param.data`` bypass the version counter: call :func:`clear_inference_caches` after them."""
+
+    training: bool
+
+    def _cached(self, name: object, param: torch.Tensor, compute):
+        if self.training or torch.is_grad_enabled() or param.device.type == "meta":
+            return compute()
+        cache = self.__dict__.setdefault("_eval_cache", {})
+        key = (param._version, param.data_ptr(), param.dtype, param.device)
+        hit = cache.get(name)
+        if hit is not None and hit[0] is param and hit[1] == key:
+            return hit[2]
+        value = compute()
+        cache[name] = (param, key, value)
+        return value
+
+    def clear_eval_cache(self) -> None:
+        self.__dict__.get("_eval_cache", {}).clear()
+
+    def train(self, mode: bool = True):
+        if mode != self.training:
+            self.clear_eval_cache()
+        return super().train(mode)  # type: ignore[misc]
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.clear_eval_cache()
+        super()._load_from_state_dict(*args, **kwargs)  # type: ignore[misc]
+
+
+def clear_inference_caches(model: nn.Module) -> int:
+    """Drop the quantised weights and PACT scales cached by ``model``'s modules (needed only after
+    writing a parameter through ``.data``, which its version counter does not see); returns how
+    many caching modules it found."""
+    found = [m for m in model.modules() if isinstance(m, _EvalCache)]
+    for m in found:
+        m.clear_eval_cache()
+    return len(found)
+
+
 def set_bit_width(model: nn.Module, bits: int) -> int:
     """Make every :class:`BitSwitchable` module of ``model`` run at ``bits``; returns how many.
 
@@ -168,8 +262,11 @@ def set_bit_width(model: nn.Module, bits: int) -> int:
     return len(found)
 
 
-class QConv2d(BitSwitchable, nn.Conv2d):
+class QConv2d(BitSwitchable, _EvalCache, nn.Conv2d):
     """``nn.Conv2d`` whose weight is quantised by :func:`dorefa_weight` at the active bit width.
+
+    In eval mode without autograd the quantised weight of each bit width is computed once and
+    reused until the weight changes (:class:`_EvalCache`); do not modify it in place.
 
     The parameter is the full-precision ``weight`` (same name and shape as the conv it replaces).
     Input (N, C_in, H, W) -> (N, C_out, H', W').
@@ -202,7 +299,12 @@ class QConv2d(BitSwitchable, nn.Conv2d):
         return q
 
     def quantised_weight(self) -> torch.Tensor:
-        return dorefa_weight(self.weight, self.bit_width, self.max_bits, mean_aligned=self.mean_aligned)
+        bits, max_bits, aligned = self.bit_width, self.max_bits, self.mean_aligned
+        return self._cached(
+            (bits, max_bits, aligned),
+            self.weight,
+            lambda: dorefa_weight(self.weight, bits, max_bits, mean_aligned=aligned),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, self.quantised_weight(), self.bias)
@@ -252,8 +354,11 @@ class SwitchableBatchNorm2d(BitSwitchable, nn.Module):
         return self.bns[str(self.max_bits)]
 
 
-class PACT(BitSwitchable, nn.Module):
+class PACT(BitSwitchable, _EvalCache, nn.Module):
     """PACT activation quantiser with a learned clip per bit width: ``clips["4"]`` of shape (1,).
+
+    In eval mode without autograd the scale of each bit width is computed once and reused until its
+    clip changes (:class:`_EvalCache`).
 
     Args:
         family: the bit widths.
@@ -277,9 +382,19 @@ class PACT(BitSwitchable, nn.Module):
         self.check_nonnegative = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bits = self.bit_width
+        alpha = self.clips[str(bits)]
+        if _pact_fast(x, alpha):
+            scale = self._cached(
+                bits, alpha, lambda: None if bool(torch.isnan(alpha).any()) else _pact_scale(alpha, bits)
+            )
+            if scale is not None:
+                if self.check_nonnegative and bool(x.min() < 0):
+                    raise ValueError(_PACT_NEGATIVE)
+                return _pact_inference(x, alpha, scale, self.mean_aligned)
         return pact(
             x,
-            self.clips[str(self.bit_width)],
+            alpha,
             self.bit_width,
             check_nonnegative=self.check_nonnegative,
             mean_aligned=self.mean_aligned,
