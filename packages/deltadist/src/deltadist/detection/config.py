@@ -33,7 +33,7 @@ class DetectionDemoConfig:
     lr: float = option(1e-3, "SGD learning rate of the teachers inside the delta model")
     lr_students: float = option(0.1, "SGD learning rate of the students and gates (the original's)")
     alpha: float = option(100.0, "distillation weight (the original's EfficientDet value)")
-    beta: float = option(2.0, "cost weight (MAC costs normalised to sum 1)")
+    beta: float = option(1.0, "cost weight (MAC costs normalised to sum 1)")
     factor_ch: int = option(2, "channel reduction of the low-rank students (the original's detection: 16)")
     gate_init: float = option(1.0, "initial gate logit (> 0: layers start on their full students)")
     batch_size: int = option(8, "pairs per batch")
