@@ -3,7 +3,9 @@ video detection benchmark, on a CPU in minutes.
 
 1. generate the benchmark (moving boxes on textured backgrounds, ImageNet VID's COCO format;
    reused when present);
-2. train a small EfficientDet-style teacher (``efficientdet_tiny``) on every frame of the pairs;
+2. train a small EfficientDet-style teacher (``efficientdet_tiny``, anchors sized for the benchmark's
+   objects) on every frame of the pairs, Adam with the learning rate divided by 10 after 2/3 and
+   again after 13/15 of the epochs;
 3. convert a copy by the original's EfficientDet rule and train it with the detector's loss on all
    frames + per-layer-normalised distillation + the MAC cost of the gates;
 4. evaluate both on clips of ``clip_length`` frames (keyframe first; the teacher frame by frame):
