@@ -35,6 +35,7 @@ def test_detection_demo_runs_and_reports(tmp_path, capsys):
     assert 0.0 <= results["delta"]["ap50"] <= 1.0
     assert 0.0 < results["macs_ratio"] < 1.0  # nine of ten frames run students
     assert results["delta"]["layers"] == 21
+    assert results["threads"] >= 1 and 0.0 < results["cpu_seconds"] and "CPU time" in out
 
 
 def test_task_must_be_known():
