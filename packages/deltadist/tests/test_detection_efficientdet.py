@@ -102,9 +102,19 @@ def test_detector_loss_and_predictions_on_rolled_clips():
     set_clip_length(net, 2)
     frames = torch.randn(4, 3, 64, 64)
     targets = [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 30.0]]), "labels": torch.tensor([2])}] * 4
-    losses = detector.loss(frames, targets)
-    assert set(losses) == {"loss", "class_loss", "box_loss"} and losses["loss"].requires_grad
-    losses["loss"].backward()
+    outputs = detector(frames)
+    losses = detector.loss_from_outputs(outputs, targets)
+    assert set(losses) == {"class_loss", "weighted_box_loss"}
+    # the terms sum to effdet's own total (class + box_loss_weight * box), which the trainers add up
+    bench = detector._bench("train", frames.device)
+    labels = bench.anchor_labeler.batch_label_anchors(
+        [torch.tensor([[8.0, 8.0, 30.0, 40.0]])] * 4, [torch.tensor([2.0])] * 4
+    )
+    total, class_loss, box_loss = bench.loss_fn(*outputs, *labels)
+    torch.testing.assert_close(sum(losses.values()), total)
+    torch.testing.assert_close(losses["weighted_box_loss"], total - class_loss)
+    assert float(losses["weighted_box_loss"].detach()) > float(box_loss.detach()) > 0  # weight 50 applied
+    sum(losses.values()).backward()
     # the task loss reaches the gates through the straight-through gate sample
     assert any(layer.gate.logit.grad is not None for layer in delta_layers(net).values())
     detector.eval()

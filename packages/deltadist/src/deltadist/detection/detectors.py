@@ -110,14 +110,7 @@ def _efficientdet(name: str, net: nn.Module, size: int) -> Detector:
     from deltadist.detection.efficientdet import EfficientDetDetector, convert_efficientdet
 
     wrapper = EfficientDetDetector(net)
-
-    def task_loss(
-        frames: torch.Tensor, targets: Sequence[dict[str, torch.Tensor]]
-    ) -> dict[str, torch.Tensor]:
-        terms = wrapper.loss(frames, targets)  # "loss" is class_loss + box_loss_weight * box_loss
-        return {"class_loss": terms["class_loss"], "weighted_box_loss": terms["loss"] - terms["class_loss"]}
-
-    return Detector(name, net, size, task_loss, wrapper.predict, convert_efficientdet)
+    return Detector(name, net, size, wrapper.loss, wrapper.predict, convert_efficientdet)
 
 
 def build_detector(

@@ -148,7 +148,8 @@ class EfficientDetDetector(nn.Module):
 
     ``loss(frames, targets)``: effdet's focal + Huber loss (the original's "bench" loss) over all
     frames, ``frames`` ``(N, 3, S, S)``, ``targets`` one ``{"boxes": (M, 4) xyxy, "labels": (M,)}``
-    per frame -> ``{"loss", "class_loss", "box_loss"}`` (0-dim each); ``loss_from_outputs`` takes
+    per frame -> ``{"class_loss", "weighted_box_loss"}`` (0-dim each), whose sum is effdet's total
+    (class loss + ``box_loss_weight`` x box loss); ``loss_from_outputs`` takes
     the head outputs of a forward that already ran (the delta training's).
     ``predict(frames)``: one ``{"boxes": (D, 4), "scores": (D,), "labels": (D,)}`` per frame,
     ``D <= max_det_per_image`` (effdet pads with zero-score rows; they are dropped here).
@@ -192,8 +193,9 @@ class EfficientDetDetector(nn.Module):
         cls_targets, box_targets, positives = bench.anchor_labeler.batch_label_anchors(
             padded["bbox"], padded["cls"]
         )
-        loss, class_loss, box_loss = bench.loss_fn(class_out, box_out, cls_targets, box_targets, positives)
-        return {"loss": loss, "class_loss": class_loss, "box_loss": box_loss}
+        loss, class_loss, _ = bench.loss_fn(class_out, box_out, cls_targets, box_targets, positives)
+        # terms that sum to effdet's total (class + box_loss_weight * box), as the trainers sum them
+        return {"class_loss": class_loss, "weighted_box_loss": loss - class_loss}
 
     def loss(
         self, frames: torch.Tensor, targets: Sequence[dict[str, torch.Tensor]]
