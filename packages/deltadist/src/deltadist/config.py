@@ -101,7 +101,8 @@ class CheckpointConfig:
     init: str | None = option(None, "weights to load (see format)")
     format: str = option(
         "effvid",
-        "effvid (our model.pt of the converted model) | original (the authors' delta-distilled .pth) | "
+        "effvid (our model.pt; a frame-based one initialises a delta model's teachers and students) | "
+        "original (the authors' .pth: delta-distilled segmentation, or effdet / mmdet detection names) | "
         "frame_based (a plain network's state dict: teachers; students initialised from them)",
     )
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import ignite.distributed as idist
 import torch
 
+from deltadist.config import CheckpointConfig
 from deltadist.detection.data import VidClips, VidPairs, read_vid_json
 from deltadist.detection.detectors import DETECTORS, Detector, build_detector
 from deltadist.detection.evaluation import ORIGINAL_MIN_SCORE, clip_predictor, evaluate_detection
@@ -102,19 +103,6 @@ class DetectionDataConfig:
             raise ValueError("data.batch_size must be >= 1 and data.num_workers >= 0")
 
 
-@dataclass
-class DetectionCheckpointConfig:
-    init: str | None = option(None, "initial weights (see format)")
-    format: str = option(
-        "effvid",
-        "effvid (our model.pt: a frame-based one initialises a delta model's teachers and students) | "
-        "original (the authors' .pth, effdet or mmdet names) | frame_based (a plain network's state dict)",
-    )
-
-    def __post_init__(self) -> None:
-        check_choice("checkpoint.format", self.format, ("effvid", "original", "frame_based"))
-
-
 def _check_task(task: str) -> None:
     check_choice("task", task, ("detection",))
 
@@ -124,9 +112,9 @@ class DetectionTrainConfig(RunConfig):
     task: str = option("detection", "detection (these options) | segmentation (deltadist-train --help)")
     data: DetectionDataConfig = option(doc="training pairs", default_factory=DetectionDataConfig)
     model: DetectorConfig = option(doc="detector", default_factory=DetectorConfig)
-    checkpoint: DetectionCheckpointConfig = option(
+    checkpoint: CheckpointConfig = option(
         doc="initial weights (a delta model: usually the frame-based teacher)",
-        default_factory=DetectionCheckpointConfig,
+        default_factory=CheckpointConfig,
     )
     engine: EngineConfig = option(
         doc="engine (the original: 7 epochs, gradient clipping 2.0)",
