@@ -50,7 +50,8 @@ def test_loss_terms_and_per_layer_normalisation(tmp_path):
     assert 0 <= logs["full_students"] <= len(delta_layers(net))
     expected = logs["task_loss"] + 100.0 * logs["distill_loss"] + 10.0 * logs["cost_loss"]
     assert float(total.detach()) == pytest.approx(expected, rel=1e-5)
-    assert {"class_loss", "box_loss"} <= set(logs)
+    assert {"class_loss", "weighted_box_loss"} <= set(logs)  # effdet's total = their sum = task_loss
+    assert logs["task_loss"] == pytest.approx(logs["class_loss"] + logs["weighted_box_loss"], rel=1e-5)
     total.backward()
     assert all(layer.gate.logit.grad is not None for layer in delta_layers(net).values())
     with pytest.raises(ValueError, match="needs the per-layer costs"):
