@@ -381,8 +381,13 @@ class DemoConfig(RunConfig):
     skip_similarity: float = option(
         0.997, "frame skipping of AdaFocus+: the glance-map cosine similarity at which a frame is skipped"
     )
+    eval_batch_size: int = option(
+        32, "videos per batch when evaluating every row (data.batch_size is the training batch)"
+    )
 
     def __post_init__(self) -> None:
+        if self.eval_batch_size < 1:
+            raise ValueError(f"eval_batch_size must be >= 1; got {self.eval_batch_size}")
         if self.size < 32:
             raise ValueError(f"size must be >= 32; got {self.size}")
         if not 0.0 <= self.early_fraction <= 1.0:

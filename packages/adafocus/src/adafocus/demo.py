@@ -205,7 +205,7 @@ def run_demo(cfg: DemoConfig, run_dir: Path) -> None:
         return evaluate_dataset(
             m,
             val_ds,
-            batch_size=data.train_batch_size,
+            batch_size=cfg.eval_batch_size,
             device=device,
             stream=False,
             progress=False,
@@ -214,7 +214,7 @@ def run_demo(cfg: DemoConfig, run_dir: Path) -> None:
         )
 
     masks = object_masks(spec, val_ds)
-    bs = data.train_batch_size
+    bs = cfg.eval_batch_size
     full_metrics, full_gmacs, full_speed = _evaluate_frame_model(model.focus, val_ds, batch_size=bs)
     glance_metrics, glance_gmacs, glance_speed = _evaluate_frame_model(
         model.glance, val_ds, batch_size=bs, prepare=model.glance_input
