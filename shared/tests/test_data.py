@@ -673,6 +673,26 @@ def test_build_lmdb_from_video_files(tmp_path, synth):
         build_lmdb(videos, tmp_path / "x.lmdb", source_kind="mp4")
 
 
+def test_build_lmdb_with_nested_keys_from_a_keys_file(tmp_path):
+    """ImageNet VID's frame folders sit two or three levels below the data root: --keys names them."""
+    root = tmp_path / "Data"
+    for key, n in (("val/v0", 2), ("train/a/v1", 3)):
+        (root / key).mkdir(parents=True)
+        for i in range(n):
+            (root / key / f"{i:06d}.JPEG").write_bytes(encode_jpeg(np.full((8, 8, 3), 40 * i, np.uint8)))
+    (tmp_path / "keys.txt").write_text("val/v0\ntrain/a/v1\nval/v0\n\n")  # repeats and blank lines ignored
+    keys = ["--keys", str(tmp_path / "keys.txt")]
+    fire.Fire(BUILD_LMDB, command=["--source", str(root), "--output", str(tmp_path / "n.lmdb"), *keys])
+    db = LmdbStorage(tmp_path / "n.lmdb")
+    assert db.keys() == ["train/a/v1", "val/v0"] and db.num_frames("train/a/v1") == 3
+    assert db.read_bytes("train/a/v1", 2) == (root / "train/a/v1/000002.JPEG").read_bytes()
+    with pytest.raises(DataError, match=r"video 'val/v9': frame folder not found"):
+        build_lmdb(root, tmp_path / "m.lmdb", keys=["val/v9"])
+    with pytest.raises(DataError, match=r"--keys: file not found: .*no\.txt"):
+        missing = ["--keys", str(tmp_path / "no.txt")]
+        fire.Fire(BUILD_LMDB, command=["--source", str(root), "--output", str(tmp_path / "o.lmdb"), *missing])
+
+
 def test_lmdb_in_dataloader_workers_after_parent_opened_it(synth):
     storage = open_storage("lmdb", synth["lmdb"].storage_path)
     ds = VideoClassificationDataset(  # construction reads metadata: the parent has the env open

@@ -33,6 +33,11 @@ class BuildLmdbConfig:
     output: str = option(MISSING, "the LMDB to create (a directory; must not exist)")
     source_kind: str = option("frames", "frames | video")
     quality: int = option(95, "JPEG quality when encoding video frames")
+    keys: str | None = option(
+        None,
+        "file of video keys, one per line: frame folders at any depth below source (e.g. "
+        "val/ILSVRC2015_val_00000000); default: every folder (or video) directly in source",
+    )
 
 
 def _items(source, kind: str, quality: int, keys: list[str]):
@@ -82,17 +87,21 @@ def build_lmdb(
     *,
     source_kind: str = "frames",
     quality: int = 95,
+    keys: list[str] | None = None,
 ) -> int:
-    """Build and verify the LMDB; returns the number of videos."""
+    """Build and verify the LMDB; returns the number of videos. ``keys``: the videos to store
+    (relative paths below ``source_dir``, nested folders allowed); default: the source's own."""
     out = Path(output)
     with _exclusive(out):
         if out.exists():
             raise DataError(f"{out} already exists; remove it or choose another output")
         _remove_stale(out)
-        return _build(source_dir, out, source_kind=source_kind, quality=quality)
+        return _build(source_dir, out, source_kind=source_kind, quality=quality, keys=keys)
 
 
-def _build(source_dir: str | os.PathLike[str], out: Path, *, source_kind: str, quality: int) -> int:
+def _build(
+    source_dir: str | os.PathLike[str], out: Path, *, source_kind: str, quality: int, keys: list[str] | None
+) -> int:
     if source_kind == "frames":
         source = FrameFolderStorage(source_dir)
         size = sum(f.stat().st_size for f in Path(source_dir).rglob("*") if f.is_file())
@@ -101,7 +110,7 @@ def _build(source_dir: str | os.PathLike[str], out: Path, *, source_kind: str, q
         size = 0
     else:
         raise DataError(f"source_kind must be frames or video, got '{source_kind}'")
-    keys = source.keys()
+    keys = source.keys() if keys is None else keys
     if not keys:
         raise DataError(f"no video found in {source_dir}")
     if source_kind == "video":  # decoded size bounds the JPEG size from above
@@ -127,7 +136,13 @@ def _build(source_dir: str | os.PathLike[str], out: Path, *, source_kind: str, q
 
 
 def _run(cfg: BuildLmdbConfig, _run_dir: None) -> None:
-    count = build_lmdb(cfg.source, cfg.output, source_kind=cfg.source_kind, quality=cfg.quality)
+    keys = None
+    if cfg.keys is not None:
+        path = Path(cfg.keys)
+        if not path.is_file():
+            raise DataError(f"--keys: file not found: {path}")
+        keys = list(dict.fromkeys(line.strip() for line in path.read_text().splitlines() if line.strip()))
+    count = build_lmdb(cfg.source, cfg.output, source_kind=cfg.source_kind, quality=cfg.quality, keys=keys)
     print(f"build-lmdb: wrote and verified {count} videos in {cfg.output}")
 
 
