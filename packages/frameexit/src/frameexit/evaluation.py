@@ -89,9 +89,8 @@ def evaluate_dataset(
     batches = [list(range(s, min(s + batch_size, len(dataset)))) for s in range(0, len(dataset), batch_size)]
 
     def loader(ids: list[int]):
-        load = step_loader(dataset, ids, stream=stream, pool=pool, prefetch=ahead)
+        load = step_loader(dataset, ids, stream=stream, pool=pool, prefetch=ahead, num_steps=steps)
         if isinstance(load, PrefetchingStepLoader):
-            load.num_steps = min(load.num_steps, steps)  # nothing past max_steps
             load.prefetch(range(len(ids)), 0)
         return load
 

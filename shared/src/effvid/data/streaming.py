@@ -24,6 +24,7 @@ def step_loader(
     stream: bool = True,
     pool: ThreadPoolExecutor | None = None,
     prefetch: Executor | None = None,
+    num_steps: int | None = None,
 ) -> StepLoader:
     """``load_step`` over the dataset videos ``ids`` (a batch).
 
@@ -31,7 +32,7 @@ def step_loader(
     when given), from one draw of each video's frame indices; otherwise the whole clips are
     loaded now and indexed. ``prefetch`` (streaming only): a :class:`PrefetchingStepLoader` that
     decodes the next step's frames in that executor while the caller computes (give it an executor
-    of its own, not ``pool``).
+    of its own, not ``pool``), never past ``num_steps`` (default: every sampled frame).
     """
     if not stream:
         clips = torch.stack([dataset[i]["video"] for i in ids])
@@ -47,7 +48,8 @@ def step_loader(
         return torch.stack([one(a, step) for a in active])
 
     if prefetch is not None:
-        return PrefetchingStepLoader(load_step, prefetch, num_steps=len(orders[0]) if orders else 0)
+        steps = len(orders[0]) if orders else 0
+        return PrefetchingStepLoader(load_step, prefetch, num_steps=min(steps, num_steps or steps))
     return load_step
 
 
