@@ -116,3 +116,11 @@ def test_converters_and_prefixes(tmp_path):
         ModelFileError, match=r"plain\.pth: is not an effvid toy model file .*--checkpoint\.format \(theirs\)"
     ):
         load_weights(other, tmp_path / "plain.pth", kind="toy")
+    # one of our files under an authors' format would be converted a second time: refused by name
+    save_model(model, tmp_path / "ours.pt", kind="toy", config="")
+    with pytest.raises(
+        ModelFileError,
+        match=r"ours\.pt: is an effvid model file \(effvid-toy-v1\), not an authors' toy checkpoint in the "
+        r"'theirs' layout; load it with --checkpoint\.format effvid",
+    ):
+        load_weights(other, tmp_path / "ours.pt", kind="toy", fmt="theirs")

@@ -42,6 +42,7 @@ from effvid.config import (
     RunConfig,
     config_to_yaml,
     load_config,
+    plain_doc,
     schema_defaults_yaml,
     schema_help,
 )
@@ -213,7 +214,7 @@ def build_command(
         flags = {k: overrides.pop(k) for k in _RESERVED if k in overrides}
         config_paths = [resolve_config(str(a), config_dir) for a in config_args]
         if flags.get("help"):
-            print(f"usage: {name} [CONFIG.yml ...] [--section.key VALUE ...]\n\n{doc}\n")
+            print(f"usage: {name} [CONFIG.yml ...] [--section.key VALUE ...]\n\n{plain_doc(doc)}\n")
             if config_dir is not None:
                 shipped = ", ".join(shipped_configs(config_dir)) or "none"
                 print(f"Shipped configs (give the name instead of a path): {shipped}\n")
@@ -235,6 +236,7 @@ def build_command(
             run(cfg, None)  # type: ignore[arg-type]
             return None
         fresh_dir = not (cfg.output_dir and Path(cfg.output_dir, "config.yaml").exists())
+        new_root = cfg.output_dir is None and not Path("runs").exists()
         folder = make_run_dir(cfg.output_dir, name)
         cfg.output_dir = str(folder)
         text = config_to_yaml(cfg)
@@ -246,6 +248,8 @@ def build_command(
             # a run that failed before writing anything of its own leaves no directory behind
             if fresh_dir and [p.name for p in folder.iterdir()] == ["config.yaml"]:
                 shutil.rmtree(folder, ignore_errors=True)
+                if new_root and not any(folder.parent.iterdir()):
+                    folder.parent.rmdir()  # the runs/ folder this run created
             raise
         return None
 

@@ -40,6 +40,7 @@ __all__ = [
     "config_to_yaml",
     "load_config",
     "option",
+    "plain_doc",
     "schema_defaults_yaml",
     "schema_help",
 ]
@@ -122,17 +123,23 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _plain(doc: str) -> str:
+def plain_doc(doc: str) -> str:
     """Docs are written for Sphinx too; the terminal shows ``x`` as x."""
     return re.sub(r"``([^`]+)``", r"\1", doc)
 
 
-def _default_text(f: dataclasses.Field[Any]) -> str:
-    if f.default is not dataclasses.MISSING:
-        return "(required)" if f.default is MISSING else f"(default: {f.default!r})"
-    if f.default_factory is not dataclasses.MISSING:
-        return f"(default: {f.default_factory()!r})"
-    return "(required)"
+def _default_text(f: dataclasses.Field[Any], section: Any = None) -> str:
+    """How help shows a field's default; ``section``: the instance the parent's default factory
+    makes (a command may ship other defaults for a section than the section's class has)."""
+    if section is not None:
+        value = getattr(section, f.name)
+    elif f.default is not dataclasses.MISSING:
+        value = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        value = f.default_factory()
+    else:
+        return "(required)"
+    return "(required)" if value == MISSING else f"(default: {value!r})"
 
 
 def schema_help(schema: type) -> str:
@@ -140,23 +147,29 @@ def schema_help(schema: type) -> str:
     one headed block per section (nested sections after their parent's options)."""
     lines: list[str] = []
 
-    def walk(tp: type, prefix: str) -> None:
+    def walk(tp: type, prefix: str, instance: Any) -> None:
         leaves, sections = [], []
         for f in dataclasses.fields(tp):
             (sections if _is_dataclass_type(_field_type(tp, f)) else leaves).append(f)
         for f in leaves:
-            doc = _plain(f.metadata.get("doc", ""))
+            doc = plain_doc(f.metadata.get("doc", ""))
             lines.append(
-                f"  --{prefix}{f.name}  {_type_name(_field_type(tp, f))}  {_default_text(f)}"
+                f"  --{prefix}{f.name}  {_type_name(_field_type(tp, f))}  {_default_text(f, instance)}"
                 + (f"  {doc}" if doc else "")
             )
         for f in sections:
-            doc = _plain(f.metadata.get("doc", ""))
+            doc = plain_doc(f.metadata.get("doc", ""))
             lines.append(f"\n[{prefix}{f.name}]" + (f"  {doc}" if doc else ""))
-            walk(_field_type(tp, f), f"{prefix}{f.name}.")
+            if instance is not None:
+                child = getattr(instance, f.name)
+            elif f.default_factory is not dataclasses.MISSING:
+                child = f.default_factory()
+            else:
+                child = None
+            walk(_field_type(tp, f), f"{prefix}{f.name}.", child)
 
     lines.append("Options:")
-    walk(schema, "")
+    walk(schema, "", None)
     return "\n".join(lines)
 
 

@@ -130,11 +130,20 @@ def _check_finite(state: Mapping[str, Any], source: str) -> None:
 
 
 def read_state_dict(
-    path: str | os.PathLike[str], *, expected: str = "a state_dict", strip_prefix: str | None = None
+    path: str | os.PathLike[str],
+    *,
+    expected: str = "a state_dict",
+    strip_prefix: str | None = None,
+    refuse_ours: str | None = None,
 ) -> dict[str, torch.Tensor]:
     """A state dict from ``path`` (a ``{"state_dict": ...}`` or ``{"model": ...}`` wrapper is
-    unwrapped). ``strip_prefix`` (e.g. ``"module."``) must prefix every key when given."""
+    unwrapped). ``strip_prefix`` (e.g. ``"module."``) must prefix every key when given.
+    ``refuse_ours``: one of our model files is an error, with this hint on how to load it."""
     obj = read_torch_file(path, expected=expected)
+    if refuse_ours and isinstance(obj, Mapping) and str(obj.get("format", "")).startswith("effvid-"):
+        raise ModelFileError(
+            f"{path}: is an effvid model file ({obj['format']}), not {expected}; {refuse_ours}"
+        )
     for wrapper in ("state_dict", "model"):
         if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
             obj = obj[wrapper]
@@ -208,6 +217,12 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str], *, kind: str, f
         state = read_model_file(path, kind=kind).state_dict
     else:
         convert = CONVERTERS.get(f"{kind}/{fmt}")
-        state = convert(read_state_dict(path, expected=f"a {kind} checkpoint in the '{fmt}' layout"))
+        state = convert(
+            read_state_dict(
+                path,
+                expected=f"an authors' {kind} checkpoint in the '{fmt}' layout",
+                refuse_ours="load it with --checkpoint.format effvid",
+            )
+        )
         _check_finite(state, str(path))
     load_checked(model, state, source=str(path))

@@ -137,6 +137,7 @@ CONVERT = build_command(
     ConvertConfig,
     name="adafocus-convert",
     doc="Convert an authors' checkpoint.pth.tar (strict) into an effvid model.pt.",
+    run_dir=False,
 )
 DEMO = build_command(
     run_demo,

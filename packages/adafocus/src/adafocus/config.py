@@ -275,7 +275,10 @@ class EvalConfig(RunConfig):
                 "--checkpoint.format original), or --random_weights true to run on random weights"
             )
         if self.checkpoint.init is not None and self.random_weights:
-            raise ValueError("--random_weights true and --checkpoint.init exclude each other")
+            raise ValueError(
+                f"--random_weights true and --checkpoint.init ({self.checkpoint.init}) exclude each other; "
+                "add --checkpoint.init null to run a config that names weights on random ones"
+            )
         check_geometry(self.model, self.data)
 
 
