@@ -13,7 +13,14 @@ from effvid.flops import crosscheck
 from effvid.models.optimize import FastInferenceConfig, optimize_for_inference
 from frameexit import FrameExitModel
 from frameexit.conversion import convert_original_state_dict, load_original_checkpoint
-from frameexit.inference import FrameFeatures, early_exit, measure_unit_costs, video_macs
+from frameexit.inference import (
+    ExitGuard,
+    FrameFeatures,
+    early_exit,
+    guard_margins,
+    measure_unit_costs,
+    video_macs,
+)
 from frameexit.losses import gate_pseudo_labels, step_losses
 
 
@@ -96,6 +103,78 @@ def test_fast_frame_network_keeps_the_originals_outputs():
     result = early_exit(model, lambda active, step: videos[active, step], len(videos), features=fast)
     assert result.exit_step.tolist() == [s for s, _ in expected]
     torch.testing.assert_close(result.probs, torch.stack([p for _, p in expected]), rtol=1e-4, atol=1e-5)
+
+
+def _model_with_close_decisions(seed=0):
+    """A tiny model whose step-0 threshold and step-1 gate bias each sit halfway between two
+    videos' exact scores, so that a small error in the features flips some decisions."""
+    torch.manual_seed(seed)
+    model = tiny(num_frames=4).eval()
+    brightness = torch.linspace(-2, 2, 12)[torch.randperm(12)].view(12, 1, 1, 1, 1)  # spreads the scores
+    videos = torch.randn(12, 4, 3, 32, 32) * 0.5 + brightness + torch.randn(12, 4, 1, 1, 1)
+    for m in model.modules():  # BatchNorm statistics of these videos: features that differ between them
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.momentum = None
+            m.train()
+    with torch.no_grad():
+        model.frame_features(videos.flatten(0, 1))
+        model.eval()
+        h = torch.stack([model.frame_features(v) for v in videos])
+        z = torch.cummax(h, dim=1).values
+        conf = torch.softmax(model.classify(z[:, 0], 0), 1).amax(1).sort().values
+        model.first_threshold = float(conf[5] + conf[6]) / 2
+        gate = model.gates[0](z[:, 1], z[:, 0]).sort().values
+        model.gates[0].linear.bias -= float(gate[5] + gate[6]) / 2
+    return model, videos, h
+
+
+def test_exit_guard_keeps_the_exact_exits_of_an_approximate_frame_network():
+    model, videos, h = _model_with_close_decisions()
+    shift = 0.1 * h.std(dim=(0, 1)) * torch.randn(h.shape[-1], generator=torch.Generator().manual_seed(0))
+
+    def approx(frames):
+        return model.frame_features(frames) + shift
+
+    def run(guard=None, ids=range(12)):
+        ids = list(ids)
+        return early_exit(model, lambda a, s: videos[ids][a, s], len(ids), features=approx, guard=guard)
+
+    exact = early_exit(model, lambda a, s: videos[a, s], 12)
+    unguarded = run()
+    assert (unguarded.exit_step != exact.exit_step).any(), "the approximation must flip a decision"
+    assert not unguarded.rechecked.any()
+    approx_h = torch.stack([approx(v) for v in videos])
+    margins = guard_margins(model, h, approx_h, factor=1.5)
+    assert len(margins) == 3 and min(margins) > 0
+    guarded = run(ExitGuard(model.frame_features, margins))
+    assert guarded.exit_step.tolist() == exact.exit_step.tolist()
+    assert 0 < int(guarded.rechecked.sum()) < 12  # some videos re-decided, not all
+    again = guarded.rechecked
+    torch.testing.assert_close(guarded.probs[again], exact.probs[again], rtol=1e-5, atol=1e-6)
+    far = ~again  # never re-decided: their probabilities are the approximation's
+    torch.testing.assert_close(guarded.probs[far], unguarded.probs[far], rtol=1e-5, atol=1e-6)
+    for i in range(12):  # a batch mixing exact and approximate videos gives each video's own result
+        one = run(ExitGuard(model.frame_features, margins), ids=[i])
+        assert int(one.exit_step[0]) == int(guarded.exit_step[i])
+        assert bool(one.rechecked[0]) == bool(guarded.rechecked[i])
+        torch.testing.assert_close(one.probs[0], guarded.probs[i], rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="finite logit distances >= 0"):
+        ExitGuard(model.frame_features, [0.1, -1.0, 0.1])
+
+
+def test_exit_scores_are_the_decisions_logits():
+    model, videos, h = _model_with_close_decisions()
+    z = torch.cummax(h, dim=1).values
+    with torch.no_grad():
+        logits = model.classify(z[:, 0], 0)
+        score0 = model.exit_score(z[:, 0], None, 0, logits)
+        p = torch.softmax(logits.double(), 1).amax(1)
+        torch.testing.assert_close(score0, torch.log(p / (1 - p)))
+        assert torch.equal(score0 > model.threshold_logit(0), model.exit_decision(z[:, 0], None, 0, logits))
+        score1 = model.exit_score(z[:, 1], z[:, 0], 1)
+        assert torch.equal(score1 > model.threshold_logit(1), model.exit_decision(z[:, 1], z[:, 0], 1))
+    model.first_threshold, model.gate_threshold = 1.0, 0.0
+    assert model.threshold_logit(0) == float("inf") and model.threshold_logit(1) == float("-inf")
 
 
 def test_full_size_checkpoint_keys_and_shapes_map_strictly():

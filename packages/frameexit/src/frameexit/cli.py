@@ -44,6 +44,7 @@ def _evaluate(cfg: InferConfig, model, dataset, **kwargs):
         progress=cfg.engine.progress,
         fast=cfg.fast,
         amp=cfg.engine.amp,
+        exit_guard=cfg.exit_guard,
         **kwargs,
     )
 
@@ -186,6 +187,7 @@ CONVERT = build_command(
     name="frameexit-convert",
     doc="Convert an authors' checkpoint (strict) into an effvid model.pt.",
     config_dir=CONFIGS,
+    run_dir=False,
 )
 SWEEP = build_command(
     run_sweep,

@@ -65,6 +65,12 @@ class InferConfig(RunConfig):
         doc="inference speed-ups of the frame network (benchmarks/frameexit.md measures each)",
         default_factory=FastInferenceConfig,
     )
+    exit_guard: float | None = option(
+        4.0,
+        "with fast.int8 or engine.amp: exit decisions closer to their threshold than this many times "
+        "the approximation's largest error on the calibration videos are re-made in float32, so the "
+        "exits stay those of float32 (null: no check, exits may change)",
+    )
     stream: bool = option(True, "decode each frame only when a video reaches its step (frames/LMDB)")
     prefetch: bool = option(
         True, "stream: decode the next step's frames on a thread while the frame network runs"
@@ -78,13 +84,18 @@ class InferConfig(RunConfig):
     def __post_init__(self) -> None:
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.exit_guard is not None and not (math.isfinite(self.exit_guard) and self.exit_guard >= 1):
+            raise ValueError(f"exit_guard must be a factor >= 1 (or null), got {self.exit_guard}")
         if self.checkpoint.init is None and not self.random_weights:
             raise ValueError(
                 "no weights: give --checkpoint.init (a model.pt, or an authors' .pth with "
                 "--checkpoint.format original), or --random_weights true to run on random weights"
             )
         if self.checkpoint.init is not None and self.random_weights:
-            raise ValueError("--random_weights true and --checkpoint.init exclude each other")
+            raise ValueError(
+                f"--random_weights true and --checkpoint.init ({self.checkpoint.init}) exclude each other; "
+                "add --checkpoint.init null to run a config that names weights on random ones"
+            )
 
 
 @dataclass

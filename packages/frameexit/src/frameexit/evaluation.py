@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -15,7 +16,14 @@ from effvid.data.streaming import PrefetchingStepLoader, step_loader
 from effvid.engine import autocast
 from effvid.metrics import HitAt1, VideoMAP
 from effvid.models.optimize import FastInferenceConfig, optimize_for_inference
-from frameexit.inference import FrameFeatures, early_exit, measure_unit_costs, video_macs
+from frameexit.inference import (
+    ExitGuard,
+    FrameFeatures,
+    early_exit,
+    guard_margins,
+    measure_unit_costs,
+    video_macs,
+)
 from frameexit.model import FrameExitModel
 
 __all__ = ["Evaluation", "evaluate_dataset"]
@@ -26,6 +34,11 @@ class Evaluation(reports.Evaluation):
         m = self.metrics
         hist = "  ".join(f"{k}:{v:.1%}" for k, v in m["exit_histogram"].items())
         note = self.skipped_note()
+        if "exit_guard" in m:
+            note += (
+                f"\nexit guard: {m['exit_guard']['rechecked_share']:.1%} of the videos had a decision "
+                "near its threshold re-made in float32"
+            )
         return (
             f"videos: {m['num_videos']}  top1/Hit@1: {m['hit1']:.4f}  mAP: {m['map']:.4f}\n"
             f"frames per video: {m['mean_frames']:.2f}  GMACs per video: {m['mean_gmacs']:.4f} "
@@ -49,6 +62,7 @@ def evaluate_dataset(
     progress: bool = True,
     fast: FastInferenceConfig | None = None,
     amp: str = "none",
+    exit_guard: float | None = None,
 ) -> Evaluation:
     """Early-exit inference over ``dataset`` in batches of ``batch_size`` videos.
 
@@ -58,27 +72,48 @@ def evaluate_dataset(
     the next batch's first frames) while the frame network runs; the outputs are the same.
     ``fast``: the frame network (backbone + MLP) runs as an optimised copy (BatchNorm folded,
     channels-last, optionally int8 calibrated on the first videos, or compiled); ``amp``: under
-    autocast (``bf16`` on a CPU that has it). MACs are counted on the model as defined.
+    autocast (``bf16`` on a CPU that has it). ``exit_guard`` (with int8 or amp): every exit decision
+    closer to its threshold than ``exit_guard`` times the largest error the approximation makes on
+    the calibration videos is re-made in float32 (:class:`~frameexit.inference.ExitGuard`).
+    MACs are counted on the model as defined (a guard's float32 recomputations are not in them).
     """
     model = model.to(device).eval()
     steps = min(max_steps or model.num_frames, model.num_frames)
     frame_shape = tuple(dataset.load_frames(0, [0]).shape[1:])
     costs = measure_unit_costs(model, frame_shape)
-    frame_net = FrameFeatures(model)
+    frame_net: torch.nn.Module = FrameFeatures(model)
+    approximate = fast is not None and (fast.int8 or amp != "none")
+    guarded = approximate and exit_guard is not None and exits and steps > 1
+    calibration: list[torch.Tensor] = []
+    if fast is not None and (fast.int8 or guarded):
+        calibration = [
+            dataset.load_frames(i, list(range(steps)))
+            for i in range(min(fast.calibration_batches, len(dataset)))
+        ]
+    exact_out: list[torch.Tensor] = []
     if fast is not None:
-        calibration = (
-            (
-                dataset.load_frames(i, list(range(steps)))
-                for i in range(min(fast.calibration_batches, len(dataset)))
-            )
-            if fast.int8
-            else None
+        exact_net = (
+            optimize_for_inference(frame_net, replace(fast, int8=False), device=device) if guarded else None
         )
-        frame_net = optimize_for_inference(frame_net, fast, device=device, calibration=calibration)
+        frame_net = optimize_for_inference(
+            frame_net,
+            fast,
+            device=device,
+            calibration=iter(calibration) if fast.int8 else None,
+            calibration_outputs=exact_out if fast.int8 else None,
+        )
 
     def features(frames: torch.Tensor) -> torch.Tensor:
         with autocast(device, amp):
             return frame_net(frames)
+
+    guard = None
+    if guarded:
+        assert exact_net is not None and exit_guard is not None
+        clips = [c.to(device) for c in calibration]
+        exact_h = torch.stack(exact_out or [exact_net(c) for c in clips]).float()
+        approx_h = torch.stack([features(c) for c in clips]).float()
+        guard = ExitGuard(exact_net, guard_margins(model, exact_h, approx_h, exit_guard))
 
     hit1, mean_ap = HitAt1(), VideoMAP()
     hit1.reset()
@@ -100,7 +135,14 @@ def evaluate_dataset(
             load_step = upcoming
             upcoming = loader(batches[b + 1]) if b + 1 < len(batches) else None
             result = early_exit(
-                model, load_step, len(ids), device=device, max_steps=steps, exits=exits, features=features
+                model,
+                load_step,
+                len(ids),
+                device=device,
+                max_steps=steps,
+                exits=exits,
+                features=features,
+                guard=guard,
             )
             reports.check_finite_scores(result.logits, [dataset.records[i].key for i in ids])
             targets = torch.stack([dataset.label(i) for i in ids])
@@ -119,6 +161,8 @@ def evaluate_dataset(
                         "probs": [round(float(p), 6) for p in result.probs[j]],
                     }
                 )
+                if guard is not None:
+                    rows[-1]["rechecked"] = bool(result.rechecked[j])
     finally:
         for executor in (ahead, pool):
             if executor is not None:
@@ -136,4 +180,11 @@ def evaluate_dataset(
         "unit": "GMACs (multiply-accumulates) per video",
         "unit_costs_macs": dict(costs.macs),
     }
+    if guard is not None:
+        metrics["exit_guard"] = {
+            "margins_logit": [round(float(guard.margin_at(s)), 6) for s in range(steps - 1)],
+            "factor": exit_guard,
+            "calibration_videos": len(calibration),
+            "rechecked_share": float(np.mean([r["rechecked"] for r in rows])) if rows else 0.0,
+        }
     return Evaluation(metrics=metrics, rows=rows)

@@ -6,6 +6,7 @@ set, so the backbone runs - and the data source decodes - only the frames still 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -15,7 +16,16 @@ from torch import nn
 from effvid.flops import UnitCosts, per_sample_macs
 from frameexit.model import FrameExitModel
 
-__all__ = ["ExitResult", "FrameFeatures", "early_exit", "measure_unit_costs", "video_macs"]
+__all__ = [
+    "ExitGuard",
+    "ExitResult",
+    "FrameFeatures",
+    "decision_scores",
+    "early_exit",
+    "guard_margins",
+    "measure_unit_costs",
+    "video_macs",
+]
 
 # load_step(active: list of batch positions, step) -> frames (len(active), 3, H, W)
 StepLoader = Callable[[Sequence[int], int], torch.Tensor]
@@ -36,10 +46,39 @@ class FrameFeatures(nn.Module):
 
 
 @dataclass
+class ExitGuard:
+    """Exit decisions of an approximate frame network (int8, bf16) checked by an exact one.
+
+    With a guard, :func:`early_exit` runs the approximate ``features`` and, whenever a decision's
+    score (:meth:`FrameExitModel.exit_score`) lies within ``margin`` (logit units) of its
+    threshold, makes that decision again from the video's frames through ``exact`` (every frame
+    so far), and runs that video through ``exact`` from then on. A decision further from its
+    threshold than the approximation can move it is the exact network's decision too, so the
+    exits are those of ``exact`` as long as the approximation's error stays below ``margin``;
+    :func:`guard_margin` measures that error. The probabilities of videos that were never
+    re-decided come from the approximate features.
+    """
+
+    exact: Callable[[torch.Tensor], torch.Tensor]
+    margin: float | Sequence[float]  # one for every step, or one per step 0..T-2
+
+    def __post_init__(self) -> None:
+        margins = [self.margin] if isinstance(self.margin, (int, float)) else list(self.margin)
+        if not all(m >= 0 and math.isfinite(m) for m in margins):
+            raise ValueError(
+                f"the exit guard's margins must be finite logit distances >= 0, got {self.margin}"
+            )
+
+    def margin_at(self, step: int) -> float:
+        return float(self.margin if isinstance(self.margin, (int, float)) else self.margin[step])
+
+
+@dataclass
 class ExitResult:
     exit_step: torch.Tensor  # (B,) int64, 0-based step at which each video stopped
     probs: torch.Tensor  # (B, K) class probabilities from the exiting step's classifier
     logits: torch.Tensor  # (B, K)
+    rechecked: torch.Tensor  # (B,) bool: a guard re-made one of the video's decisions exactly
 
     @property
     def frames_used(self) -> torch.Tensor:
@@ -56,6 +95,7 @@ def early_exit(
     max_steps: int | None = None,
     exits: bool = True,
     features: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    guard: ExitGuard | None = None,
 ) -> ExitResult:
     """Run FrameExit on ``batch_size`` videos whose frames ``load_step`` supplies step by step.
 
@@ -63,27 +103,46 @@ def early_exit(
     step k-1 exits there with classifier k-1 (the "first k frames" baseline when the gates are
     switched off). ``exits=False`` runs the model statically: no step-0 classifier, no gate, every
     video classified once after its last step. ``features`` replaces ``model.frame_features`` (an
-    optimised copy of it, e.g. under autocast); its output is used in float32.
+    optimised copy of it, e.g. under autocast); its output is used in float32. ``guard``: exit
+    decisions near their thresholds are re-made by an exact frame network (:class:`ExitGuard`).
     """
     model.eval()
     device = device or next(model.parameters()).device
     steps = min(max_steps or model.num_frames, model.num_frames)
-    k = model.num_classes
+    approx = features or model.frame_features
     exit_step = torch.full((batch_size,), -1, dtype=torch.int64)
-    logits_out = torch.zeros(batch_size, k)
+    logits_out = torch.zeros(batch_size, model.num_classes)
     z_prev = torch.zeros(batch_size, model.hidden, device=device)
+    exact = torch.zeros(batch_size, dtype=torch.bool)  # videos the guard switched to the exact network
     active = torch.arange(batch_size)
+    history: list[tuple[torch.Tensor, torch.Tensor]] = []  # (videos, frames) per step, for the guard
+
+    def frame_features(frames: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        if guard is None or not rows.any():
+            return approx(frames).float()
+        if rows.all():
+            return guard.exact(frames).float()
+        h = torch.empty(len(frames), model.hidden, device=device)
+        h[~rows] = approx(frames[~rows]).float()
+        h[rows] = guard.exact(frames[rows]).float()
+        return h
+
     for step in range(steps):
         frames = load_step(active.tolist(), step).to(device, non_blocking=True)
-        h = (features or model.frame_features)(frames).float()
-        z = h if step == 0 else torch.maximum(h, z_prev[active.to(device)])
+        if guard is not None:
+            history.append((active, frames))
+        h = frame_features(frames, exact[active].to(device))
+        zp = z_prev[active.to(device)] if step else None
+        z = h if zp is None else torch.maximum(h, zp)
         logits = model.classify(z, 0) if step == 0 and (exits or steps == 1) else None
         if step == steps - 1:
             leaving = torch.ones(len(active), dtype=torch.bool, device=device)
         elif not exits:
             leaving = torch.zeros(len(active), dtype=torch.bool, device=device)
         else:
-            leaving = model.exit_decision(z, z_prev[active.to(device)] if step else None, step, logits)
+            if guard is not None:
+                z, zp, logits = _recheck(model, guard, history, exact, active, step, z, zp, logits)
+            leaving = model.exit_decision(z, zp, step, logits)
         if leaving.any():
             out = logits[leaving] if step == 0 else model.classify(z[leaving], step)
             gone = active[leaving.cpu()]
@@ -94,7 +153,62 @@ def early_exit(
         active = active[staying.cpu()]
         if len(active) == 0:
             break
-    return ExitResult(exit_step=exit_step, probs=torch.softmax(logits_out, dim=1), logits=logits_out)
+    return ExitResult(
+        exit_step=exit_step,
+        probs=torch.softmax(logits_out, dim=1),
+        logits=logits_out,
+        rechecked=exact,
+    )
+
+
+def _recheck(model, guard, history, exact, active, step, z, zp, logits):
+    """The guard's part of a step: videos whose decision is within the margin and that still run
+    approximately get their running max (and step-0 logits) recomputed exactly from their frames."""
+    score = model.exit_score(z, zp, step, logits)
+    near = ((score - model.threshold_logit(step)).abs() <= guard.margin_at(step)).cpu() & ~exact[active]
+    if not near.any():
+        return z, zp, logits
+    rows = near.nonzero().squeeze(1)
+    videos = active[rows]
+    h = torch.stack(
+        [guard.exact(frames[torch.isin(ids, videos).to(frames.device)]).float() for ids, frames in history]
+    )
+    pooled = torch.cummax(h, dim=0).values  # (step + 1, n, D): exact running max at every step
+    rows = rows.to(z.device)
+    z = z.clone()
+    z[rows] = pooled[-1]
+    if zp is not None:
+        zp = zp.clone()
+        zp[rows] = pooled[-2]
+    if logits is not None:
+        logits = logits.clone()
+        logits[rows] = model.classify(pooled[-1], 0)
+    exact[videos] = True
+    return z, zp, logits
+
+
+@torch.no_grad()
+def decision_scores(model: FrameExitModel, h: torch.Tensor) -> torch.Tensor:
+    """Per-frame features of whole clips (V, S, D) in processing order -> the score
+    (:meth:`FrameExitModel.exit_score`) of every exit decision at steps 0..S-2, (V, S-1)."""
+    z = torch.cummax(h.float(), dim=1).values
+    scores = [model.exit_score(z[:, 0], None, 0, model.classify(z[:, 0], 0))]
+    scores += [model.exit_score(z[:, s], z[:, s - 1], s) for s in range(1, h.shape[1] - 1)]
+    return torch.stack(scores, dim=1)
+
+
+def guard_margins(
+    model: FrameExitModel, exact: torch.Tensor, approx: torch.Tensor, factor: float
+) -> list[float]:
+    """Per-step margins for an :class:`ExitGuard`: ``factor`` times the largest difference
+    between the decision scores of the approximate and the exact features of the same clips
+    (V, S, D), step by step."""
+    if exact.shape[1] < 2:
+        raise ValueError(
+            f"measuring the guard's margins needs clips of 2 frames or more, got {exact.shape[1]}"
+        )
+    deviation = (decision_scores(model, approx) - decision_scores(model, exact)).abs().amax(dim=0)
+    return [factor * float(d) for d in deviation]
 
 
 def measure_unit_costs(model: FrameExitModel, frame_shape: Sequence[int]) -> UnitCosts:

@@ -14,6 +14,8 @@ use the opposite polarity (1 = continue); :mod:`frameexit.conversion` negates th
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -114,6 +116,27 @@ class FrameExitModel(nn.Module):
 
     def classify(self, z: torch.Tensor, step: int) -> torch.Tensor:
         return self.classifiers[step](z)
+
+    def exit_score(
+        self, z_t: torch.Tensor, z_prev: torch.Tensor | None, step: int, logits: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """What the exit decision at ``step`` (< T-1) compares with its threshold, as a logit (N,)
+        in float64: the gate's exit logit, or at step 0 the log-odds of the top class's
+        probability. A video exits when this exceeds :meth:`threshold_logit`; the distance
+        between the two is the decision's margin."""
+        if step == 0:
+            assert logits is not None
+            log_p = torch.log_softmax(logits.double(), dim=1)
+            top = log_p.argmax(dim=1, keepdim=True)
+            rest = torch.logsumexp(log_p.scatter(1, top, float("-inf")), dim=1)  # log(1 - p_top)
+            return log_p.gather(1, top).squeeze(1) - rest
+        assert z_prev is not None
+        return self.gates[step - 1](z_t, z_prev).double()
+
+    def threshold_logit(self, step: int) -> float:
+        """The threshold of the decision at ``step`` as a logit (+-inf for 1 and 0)."""
+        p = self.first_threshold if step == 0 else self.gate_threshold
+        return math.inf if p >= 1 else -math.inf if p <= 0 else math.log(p) - math.log1p(-p)
 
     def exit_decision(
         self, z_t: torch.Tensor, z_prev: torch.Tensor | None, step: int, logits: torch.Tensor | None = None

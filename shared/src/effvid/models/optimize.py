@@ -61,7 +61,9 @@ class ChannelsLast(nn.Module):
         return self.module(x.contiguous(memory_format=torch.channels_last))
 
 
-def _quantize_int8(module: nn.Module, calibration: Iterable[torch.Tensor]) -> nn.Module:
+def _quantize_int8(
+    module: nn.Module, calibration: Iterable[torch.Tensor], outputs: list[torch.Tensor] | None
+) -> nn.Module:
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
@@ -74,7 +76,9 @@ def _quantize_int8(module: nn.Module, calibration: Iterable[torch.Tensor]) -> nn
         prepared = prepare_fx(module, get_default_qconfig_mapping("x86"), example_inputs=(batches[0],))
         with torch.no_grad():
             for batch in batches:
-                prepared(batch)
+                out = prepared(batch)  # observers record ranges; the values are the float network's
+                if outputs is not None:
+                    outputs.append(out)
         return convert_fx(prepared)
 
 
@@ -84,12 +88,14 @@ def optimize_for_inference(
     *,
     device: torch.device,
     calibration: Iterable[torch.Tensor] | None = None,
+    calibration_outputs: list[torch.Tensor] | None = None,
 ) -> nn.Module:
     """An inference-only copy of ``module`` on ``device`` with the passes ``cfg`` asks for.
 
     ``module`` must be traceable by ``torch.fx`` for ``fold_bn`` and ``int8`` (torchvision's
     ResNets, MobileNets and EfficientNets are). ``calibration`` (int8 only): input batches on the
-    CPU. The original module is left untouched.
+    CPU; the float outputs of those batches (BatchNorm folded) are appended to
+    ``calibration_outputs`` when given, at no extra cost. The original module is left untouched.
     """
     out = copy.deepcopy(module).eval().to(device)
     for p in out.parameters():
@@ -101,7 +107,7 @@ def optimize_for_inference(
             )
         if calibration is None:
             raise ValueError("int8 inference needs calibration batches")
-        return _quantize_int8(out, calibration)  # folds BatchNorm itself
+        return _quantize_int8(out, calibration, calibration_outputs)  # folds BatchNorm itself
     if cfg.fold_bn:
         from torch.fx.experimental.optimization import fuse
 
