@@ -60,6 +60,9 @@ def test_int8_is_close_and_needs_cpu_and_calibration():
     assert any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in q.modules()), "no int8 layer"
     rel = float((out - ref).norm() / ref.norm())
     assert rel < 0.1, f"int8 features differ by {rel:.3f} (relative L2)"
+    outputs: list[torch.Tensor] = []
+    optimize_for_inference(net, cfg, device=cpu, calibration=[x[:2], x[2:]], calibration_outputs=outputs)
+    torch.testing.assert_close(torch.cat(outputs), ref, rtol=1e-4, atol=1e-5)  # the float network's
     with pytest.raises(ValueError, match="CPU only"):
         optimize_for_inference(net, cfg, device=torch.device("meta"), calibration=[x])
     with pytest.raises(ValueError, match="needs calibration"):
@@ -68,3 +71,26 @@ def test_int8_is_close_and_needs_cpu_and_calibration():
         optimize_for_inference(net, cfg, device=cpu, calibration=[])
     with pytest.raises(ValueError, match="calibration_batches"):
         FastInferenceConfig(calibration_batches=0)
+
+
+def test_half_precision_copy_computes_what_autocast_does():
+    torch.manual_seed(0)
+    net = _trained_bn(Features())
+    x = torch.randn(2, 3, 64, 64)
+    cpu = torch.device("cpu")
+    with torch.no_grad():
+        ref = net(x)
+        with torch.autocast("cpu", torch.bfloat16):
+            autocast = optimize_for_inference(net, FastInferenceConfig(), device=cpu)(x)
+        half = optimize_for_inference(net, FastInferenceConfig(), device=cpu, dtype=torch.bfloat16)
+        out = half(x)
+    assert out.dtype == torch.bfloat16
+    assert all(p.dtype == torch.bfloat16 for p in half.parameters()), "weights not stored in bf16"
+    assert next(net.parameters()).dtype == torch.float32, "the original was modified"
+    torch.testing.assert_close(out.float(), autocast.float(), rtol=2e-2, atol=2e-2)
+    rel = float((out.float() - ref).norm() / ref.norm())
+    assert rel < 0.02, f"bf16 features differ by {rel:.3f} (relative L2)"
+    with pytest.raises(ValueError, match="int8 is its own pass"):
+        optimize_for_inference(
+            net, FastInferenceConfig(int8=True), device=cpu, calibration=[x], dtype=torch.bfloat16
+        )

@@ -574,9 +574,9 @@ def test_infer_speed_options_through_the_cli(trained):
         assert [r["exit_step"] for r in rows] == [r["exit_step"] for r in plain]
         np.testing.assert_allclose([r["probs"] for r in rows], [r["probs"] for r in plain], atol=0.05)
         assert all(isinstance(r["rechecked"], bool) for r in rows)
-        guard = json.loads((trained["root"] / f"infer-{name}" / "metrics_eval.json").read_text())[
-            "exit_guard"
-        ]
+        metrics = json.loads((trained["root"] / f"infer-{name}" / "metrics_eval.json").read_text())
+        assert metrics["seconds"]["setup"] > 0 and metrics["seconds"]["videos"] > 0
+        guard = metrics["exit_guard"]
         assert len(guard["margins_logit"]) == 3 and all(m > 0 for m in guard["margins_logit"])
         assert guard["factor"] == 4.0 and guard["calibration_videos"] == 4
         unguarded = run(f"{name}-unguarded", *options, "--exit_guard", "null")

