@@ -169,6 +169,10 @@ def bench_frame_network(backbone: str, batch: int, repeats: int, *, compile_too:
     }
     default = variants["folded + channels-last (default)"][0]
     variants["default + bf16 autocast"] = (default, "bf16")
+    variants["default, bf16 weights"] = (
+        optimize_for_inference(plain, FastInferenceConfig(), device=cpu, dtype=torch.bfloat16),
+        "none",
+    )
     calib = [torch.randn(batch, 3, 224, 224) for _ in range(4)]
     variants["int8 (torch.ao, x86)"] = (
         optimize_for_inference(plain, FastInferenceConfig(int8=True), device=cpu, calibration=calib),
@@ -203,6 +207,48 @@ def bench_frame_network(backbone: str, batch: int, repeats: int, *, compile_too:
         print(f"{name:<34} {best / batch * 1e3:>9.1f} {base / best:>8.2f}x {dev[name]:>19.1e}")
 
 
+def gemm_peak(dtype: str, size: int = 1024, repeats: int = 5) -> float:
+    """Multiply-accumulates per second of one large matrix product on this machine (as many threads
+    as torch uses): ``float32`` and ``bfloat16`` through torch.mm, ``int8`` through torch.ao's x86
+    quantised linear, the kernel family the int8 frame network runs on."""
+    import warnings
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    if dtype == "int8":
+        import torch.ao.nn.quantized as nnq
+
+        torch.backends.quantized.engine = "x86"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            linear = nnq.Linear(size, size)
+            x = torch.quantize_per_tensor(a, 0.05, 64, torch.quint8)
+
+        def run():
+            return linear(x)
+    else:
+        if dtype == "bfloat16":
+            a, b = a.bfloat16(), b.bfloat16()
+
+        def run():
+            return a @ b
+
+    run()
+    best, _ = timed(run, repeats)
+    return size**3 / best
+
+
+def bench_roofline(backbone: str) -> None:
+    """The least time a frame can take on this machine: the frame network's measured MACs at the
+    peak rate of one large matrix product in each number format."""
+    costs = measure_unit_costs(FrameExitModel(backbone=backbone, num_classes=200), (3, 224, 224))
+    macs = costs.macs["backbone"] + costs.macs["mlp"]
+    print(f"\nroofline: {backbone} + MLP, {macs / 1e9:.3f} GMACs per frame (measured); {machine()}")
+    print(f"{'format':<10} {'GEMM peak GMAC/s':>17} {'least ms/frame':>15}")
+    for dtype in ("float32", "bfloat16", "int8"):
+        peak = gemm_peak(dtype)
+        print(f"{dtype:<10} {peak / 1e9:>17.1f} {macs / peak * 1e3:>15.1f}")
+
+
 def report(title: str, n: int, tb: float, t1: float, ts: float, gmacs_b: float, gmacs_s: float) -> None:
     print(f"\n{title}")
     print(f"machine: {machine()}")
@@ -230,6 +276,9 @@ def main() -> None:
         help="ms per frame of this backbone's frame network under each inference pass",
     )
     parser.add_argument("--compile", action="store_true", help="--frame_network: torch.compile too (slow)")
+    parser.add_argument(
+        "--roofline", default=None, help="least ms per frame of this backbone at this machine's GEMM peaks"
+    )
     parser.add_argument("--videos", type=int, default=32)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2)
@@ -243,8 +292,10 @@ def main() -> None:
         bench_resnet(args.backbone, args.videos, args.batch, args.repeats)
     if args.frame_network:
         bench_frame_network(args.frame_network, args.batch, args.repeats, compile_too=args.compile)
-    if not args.run and not args.backbone and not args.frame_network:
-        parser.error("give --run DIR, --backbone NAME and/or --frame_network NAME")
+    if args.roofline:
+        bench_roofline(args.roofline)
+    if not args.run and not args.backbone and not args.frame_network and not args.roofline:
+        parser.error("give --run DIR, --backbone NAME, --frame_network NAME and/or --roofline NAME")
 
 
 if __name__ == "__main__":

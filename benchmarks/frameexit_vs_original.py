@@ -10,7 +10,11 @@ weights and frames (see benchmarks/frameexit.md, "Against the original").
   ``ConditionalFrameExitInferenceModel`` keys; ResNet-50, 200 classes), random weights. In
   ``mixed.pth`` each gate's bias is set from the data so that about a quarter of the videos still
   running exit at every step (about 4.5 frames per video); in ``all10.pth`` no gate ever exits.
-  ``--model.first_threshold 0.0`` makes every video exit at the first frame with either file.
+  ``--model.first_threshold 0.0`` makes every video exit at the first frame with either file;
+* ``principal.pth``: the same network, with gates that read the features' first principal
+  direction (a random gate's logits vary less between these videos than int8 moves them; a
+  trained gate reads directions along which videos differ), biases set the same way. It is the
+  checkpoint on which approximate inference (int8, bf16) can save time while keeping the exits.
 
 It prints both command lines. The original needs its four documented fixes to run on a CPU with
 current packages (research notes, frameexit.md section 8): no ``.cuda()``, ``map_location``, the
@@ -97,9 +101,9 @@ def to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def gate_scores(model: FrameExitModel, out: Path) -> torch.Tensor:
-    """(videos, T-1) gate logits without their bias, each video's frames in FrameExit's order,
-    read by the project's own data pipeline."""
+def clip_features(model: FrameExitModel, out: Path) -> torch.Tensor:
+    """(videos, T, D) per-frame features, each video's frames in FrameExit's order, read by the
+    project's own data pipeline."""
     data = replace(
         frameexit_data_config(),
         path_frame=str(out / "frames"),
@@ -108,15 +112,64 @@ def gate_scores(model: FrameExitModel, out: Path) -> torch.Tensor:
         path_classid=str(out / "classes.txt"),
     )
     dataset = build_dataset(data, num_classes=NUM_CLASSES)
-    scores = []
-    for i in range(len(dataset)):
-        z = torch.cummax(model.frame_features(dataset[i]["video"]), dim=0).values  # max pooling over steps
-        row = [
-            float(model.gates[t - 1](z[t : t + 1], z[t - 1 : t]) - model.gates[t - 1].linear.bias)
-            for t in range(1, 10)
-        ]
-        scores.append(row)
-    return torch.tensor(scores)
+    return torch.stack([model.frame_features(dataset[i]["video"]) for i in range(len(dataset))])
+
+
+@torch.no_grad()
+def gate_scores(model: FrameExitModel, h: torch.Tensor) -> torch.Tensor:
+    """(videos, T-1) gate logits without their bias."""
+    z = torch.cummax(h, dim=1).values  # max pooling over steps
+    return torch.stack(
+        [
+            model.gates[t - 1](z[:, t], z[:, t - 1]) - model.gates[t - 1].linear.bias
+            for t in range(1, z.shape[1])
+        ],
+        dim=1,
+    )
+
+
+@torch.no_grad()
+def read_principal_direction(model: FrameExitModel, h: torch.Tensor) -> None:
+    """Make every gate's exit logit the running max's projection on the features' first principal
+    direction (plus the bias set later), within the original gate architecture: fc1 rows +d and
+    -d, ReLU, identity BatchNorms and fc2, and a last layer that subtracts the two halves.
+
+    Random gates barely tell the benchmark's videos apart (their logits vary by about 0.02 between
+    videos, less than int8's error); a trained gate reads directions along which videos differ.
+    This one reads the direction along which they differ most."""
+    flat = h.flatten(0, 1)
+    direction = torch.linalg.svd(flat - flat.mean(0), full_matrices=False).Vh[0]
+    for gate in model.gates:
+        for fc in (gate.fc1, gate.fc2):
+            fc.weight.zero_()
+            fc.bias.zero_()
+        gate.fc1.weight[0], gate.fc1.weight[1] = direction, -direction
+        gate.fc2.weight[0, 0] = gate.fc2.weight[1, 1] = 1.0
+        for bn in (gate.bn1, gate.bn2):
+            bn.reset_parameters()
+            bn.running_var.fill_(1.0 - bn.eps)  # (x - 0) / sqrt(var + eps) = x
+        gate.linear.weight.zero_()
+        gate.linear.weight[0, 0], gate.linear.weight[0, 1] = 1.0, -1.0
+
+
+def set_gate_biases(model: FrameExitModel, scores: torch.Tensor, exit_share: float) -> list[float]:
+    """Each gate's bias lets about ``exit_share`` of the running videos go, halfway between two
+    videos' scores (so that no video sits on the threshold); returns the smallest distances."""
+    running = torch.ones(len(scores), dtype=torch.bool)
+    margins = []
+    for t in range(scores.shape[1]):
+        alive = scores[running, t].sort().values
+        if len(alive) < 2:
+            bias = -float(alive.max()) - 1.0 if len(alive) else 0.0
+        else:
+            target = min(max(round(len(alive) * exit_share), 1), len(alive) - 1)
+            near = range(max(target - 3, 1), min(target + 3, len(alive) - 1) + 1)
+            k = max(near, key=lambda j: float(alive[-j] - alive[-j - 1]))  # the widest gap near it
+            bias = -float(alive[-k - 1] + alive[-k]) / 2
+            margins.append(float((alive + bias).abs().min()))
+        model.gates[t].linear.bias.fill_(bias)
+        running &= scores[:, t] + bias <= 0
+    return margins
 
 
 @torch.no_grad()
@@ -127,29 +180,27 @@ def prepare(out: Path, videos: int, seed: int, exit_share: float) -> None:
         keys = write_videos(out, videos, seed)
     torch.manual_seed(seed)
     model = FrameExitModel(backbone="resnet50", num_classes=NUM_CLASSES, num_frames=10).eval()
-    scores = gate_scores(model, out)
-    running = torch.ones(len(keys), dtype=torch.bool)
-    margins = []
-    for t in range(9):  # each gate lets about exit_share of the running videos go
-        alive = scores[running, t].sort().values
-        if len(alive) < 2:
-            bias = -float(alive.max()) - 1.0 if len(alive) else 0.0
-        else:  # halfway between two videos' scores, so that no video sits on the threshold
-            target = min(max(round(len(alive) * exit_share), 1), len(alive) - 1)
-            near = range(max(target - 3, 1), min(target + 3, len(alive) - 1) + 1)
-            k = max(near, key=lambda j: float(alive[-j] - alive[-j - 1]))  # the widest gap near it
-            bias = -float(alive[-k - 1] + alive[-k]) / 2
-            margins.append(float((alive + bias).abs().min()))
-        model.gates[t].linear.bias.fill_(bias)
-        running &= scores[:, t] + bias <= 0
-    spread = float(scores.std())
-    print(f"smallest distance of a gate logit from its threshold: {min(margins):.3g} (spread {spread:.3g})")
+    h = clip_features(model, out)
+    scores = gate_scores(model, h)
+    margins = set_gate_biases(model, scores, exit_share)
+    print(
+        f"mixed.pth: smallest distance of a gate logit from its threshold {min(margins):.3g}, "
+        f"spread between videos {float(scores.std(0).mean()):.3g}"
+    )
     state = {k: v.clone() for k, v in model.state_dict().items()}
     torch.save(to_original(state), out / "mixed.pth")
     for t in range(9):
         state[f"gates.{t}.linear.bias"].fill_(-1e4)
     torch.save(to_original(state), out / "all10.pth")
+    read_principal_direction(model, h)
+    scores = gate_scores(model, h)
+    margins = set_gate_biases(model, scores, exit_share)
+    print(
+        f"principal.pth: smallest distance {min(margins):.3g}, spread between videos {float(scores.std(0).mean()):.3g}"
+    )
+    torch.save(to_original(model.state_dict()), out / "principal.pth")
     assert convert_original_state_dict(torch.load(out / "mixed.pth")).keys() == model.state_dict().keys()
+    assert len(keys) == len(h)
     files = f"--data.path_split {out}/split.txt --data.path_label {out}/activity_net.json --data.path_classid {out}/classes.txt"
     print(
         f"original (in its checkout):\n  python inference.py config/activitynet_inference_2d.yml "
