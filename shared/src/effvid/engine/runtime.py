@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -70,4 +71,15 @@ def run_distributed(
     * backend under ``torchrun``: joins the processes torchrun started (leave nproc_per_node None).
     """
     with idist.Parallel(backend=backend, nproc_per_node=nproc_per_node) as parallel:
-        parallel.run(fn, *args)
+        parallel.run(_run_then_collect, fn, *args)
+
+
+def _run_then_collect(local_rank: int, fn: Callable[..., Any], *args: Any) -> None:
+    """``fn(local_rank, *args)``, then a garbage collection while the process group still exists:
+    DDP's reducer and the gloo work it holds are freed before ignite destroys the group, not by
+    gloo's threads during interpreter shutdown (which can abort the process after a finished run:
+    seen once under torchrun, "terminate called without an active exception")."""
+    try:
+        fn(local_rank, *args)
+    finally:
+        gc.collect()
