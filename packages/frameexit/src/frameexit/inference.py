@@ -55,7 +55,7 @@ class ExitGuard:
     so far), and runs that video through ``exact`` from then on. A decision further from its
     threshold than the approximation can move it is the exact network's decision too, so the
     exits are those of ``exact`` as long as the approximation's error stays below ``margin``;
-    :func:`guard_margin` measures that error. The probabilities of videos that were never
+    :func:`guard_margins` measures that error. The probabilities of videos that were never
     re-decided come from the approximate features.
     """
 
@@ -161,7 +161,17 @@ def early_exit(
     )
 
 
-def _recheck(model, guard, history, exact, active, step, z, zp, logits):
+def _recheck(
+    model: FrameExitModel,
+    guard: ExitGuard,
+    history: list[tuple[torch.Tensor, torch.Tensor]],
+    exact: torch.Tensor,
+    active: torch.Tensor,
+    step: int,
+    z: torch.Tensor,
+    zp: torch.Tensor | None,
+    logits: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """The guard's part of a step: videos whose decision is within the margin and that still run
     approximately get their running max (and step-0 logits) recomputed exactly from their frames."""
     score = model.exit_score(z, zp, step, logits)
