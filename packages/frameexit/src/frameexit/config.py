@@ -58,7 +58,7 @@ class InferConfig(RunConfig):
     model: ModelConfig = option(doc="model", default_factory=ModelConfig)
     checkpoint: CheckpointConfig = option(doc="weights", default_factory=CheckpointConfig)
     engine: RuntimeConfig = option(
-        doc="device and precision (engine.amp bf16: the frame network under bf16 autocast)",
+        doc="device and precision (engine.amp bf16: the frame network as a copy with bf16 weights)",
         default_factory=RuntimeConfig,
     )
     fast: FastInferenceConfig = option(

@@ -198,7 +198,7 @@ def evaluate_dataset(
     }
     if guard is not None:
         metrics["exit_guard"] = {
-            "margins_logit": [round(float(guard.margin_at(s)), 6) for s in range(steps - 1)],
+            "margins_logit": [round(m, 6) for m in guard.margins],
             "factor": exit_guard,
             "calibration_videos": len(calibration),
             "rechecked_share": float(np.mean([r["rechecked"] for r in rows])) if rows else 0.0,

@@ -50,27 +50,23 @@ class ExitGuard:
     """Exit decisions of an approximate frame network (int8, bf16) checked by an exact one.
 
     With a guard, :func:`early_exit` runs the approximate ``features`` and, whenever a decision's
-    score (:meth:`FrameExitModel.exit_score`) lies within ``margin`` (logit units) of its
+    score (:meth:`FrameExitModel.exit_score`) lies within its step's ``margins`` entry of its
     threshold, makes that decision again from the video's frames through ``exact`` (every frame
     so far), and runs that video through ``exact`` from then on. A decision further from its
     threshold than the approximation can move it is the exact network's decision too, so the
-    exits are those of ``exact`` as long as the approximation's error stays below ``margin``;
+    exits are those of ``exact`` as long as the approximation's error stays below the margins;
     :func:`guard_margins` measures that error. The probabilities of videos that were never
     re-decided come from the approximate features.
     """
 
     exact: Callable[[torch.Tensor], torch.Tensor]
-    margin: float | Sequence[float]  # one for every step, or one per step 0..T-2
+    margins: Sequence[float]  # logit distances, one per decision step 0..T-2
 
     def __post_init__(self) -> None:
-        margins = [self.margin] if isinstance(self.margin, (int, float)) else list(self.margin)
-        if not all(m >= 0 and math.isfinite(m) for m in margins):
+        if not all(m >= 0 and math.isfinite(m) for m in self.margins):
             raise ValueError(
-                f"the exit guard's margins must be finite logit distances >= 0, got {self.margin}"
+                f"the exit guard's margins must be finite logit distances >= 0, got {list(self.margins)}"
             )
-
-    def margin_at(self, step: int) -> float:
-        return float(self.margin if isinstance(self.margin, (int, float)) else self.margin[step])
 
 
 @dataclass
@@ -175,7 +171,7 @@ def _recheck(
     """The guard's part of a step: videos whose decision is within the margin and that still run
     approximately get their running max (and step-0 logits) recomputed exactly from their frames."""
     score = model.exit_score(z, zp, step, logits)
-    near = ((score - model.threshold_logit(step)).abs() <= guard.margin_at(step)).cpu() & ~exact[active]
+    near = ((score - model.threshold_logit(step)).abs() <= guard.margins[step]).cpu() & ~exact[active]
     if not near.any():
         return z, zp, logits
     rows = near.nonzero().squeeze(1)
